@@ -1,0 +1,30 @@
+"""Errors raised by the stage engine."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of the engine's errors."""
+
+
+class MissingColumnError(EngineError, KeyError):
+    """A stage was given a batch or record without a column it declared in ``inputs()``."""
+
+    def __init__(self, stage: str, column: str, available: list[str] | None = None) -> None:
+        self.stage = stage
+        self.column = column
+        have = f"; available: {', '.join(available)}" if available is not None else ""
+        super().__init__(f"stage {stage!r} requires column {column!r}{have}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class StageConfigError(EngineError, ValueError):
+    """A stage was constructed with an invalid configuration."""
+
+
+class PostProcessingError(EngineError):
+    """A task's post-processing raised on an LLM answer."""
+
+    error_type = "postprocess"
