@@ -1,0 +1,387 @@
+"""The worker's configuration: one YAML file, overridable from the environment.
+
+Environment variables take precedence over the file: ``STREAMSYNTH_`` prefix,
+nested keys joined with ``__`` (``STREAMSYNTH_LLM__MAX_CONCURRENCY=64``).
+Validation happens once, at start-up; :func:`load_settings` turns pydantic's
+errors into a :class:`ConfigError` whose lines name each bad field by its path.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streamsynth.llm.types import GenerationConfig
+
+NEMOTRON_TASKS = (
+    "wikipedia_paraphrasing",
+    "diverse_qa",
+    "distill",
+    "extract_knowledge",
+    "knowledge_list",
+)
+TaskName = Literal[
+    "wikipedia_paraphrasing",
+    "diverse_qa",
+    "distill",
+    "extract_knowledge",
+    "knowledge_list",
+    "custom",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every bad field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str
+    group_id: str = "streamsynth"
+    client_id: str = "streamsynth"
+    input_topic: str | None = None
+    input_topics: list[str] = Field(default_factory=list)
+    dlq_topic: str
+    filtered_topic: str | None = None
+    #: Static membership (KIP-345): a stable id per replica avoids a rebalance per restart.
+    group_instance_id: str | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+    fetch_max_bytes: int = Field(default=52_428_800, ge=1024)
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    linger_ms: int = Field(default=5, ge=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _topics(self) -> KafkaSettings:
+        topics = list(self.input_topics)
+        if self.input_topic and self.input_topic not in topics:
+            topics.insert(0, self.input_topic)
+        if not topics:
+            raise ValueError("set input_topic or input_topics")
+        self.input_topics = topics
+        if self.dlq_topic in topics:
+            raise ValueError("dlq_topic must differ from the input topics")
+        if self.security_protocol.startswith("SASL") and (
+            not self.sasl_mechanism or not self.sasl_username or self.sasl_password is None
+        ):
+            raise ValueError(
+                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
+            )
+        return self
+
+
+class RecordSettings(_Section):
+    id_field: str = "id"
+    text_field: str = "text"
+    #: Larger values go to the DLQ unread: a 10 MB prompt is a mistake, not a document.
+    max_record_bytes: int = Field(default=1_048_576, ge=1)
+
+
+class ModelPrice(_Section):
+    input_per_million: float = Field(ge=0.0)
+    output_per_million: float = Field(ge=0.0)
+
+
+class CacheSettings(_Section):
+    kind: Literal["sqlite", "memory", "none"] = "sqlite"
+    path: Path = Path("streamsynth-cache.sqlite3")
+    memory_entries: int = Field(default=10_000, ge=0)
+
+
+class LLMSettings(_Section):
+    base_url: str | None = None
+    base_urls: list[str] = Field(default_factory=list)
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    model: str
+    provider: str = "openai"
+    transport: Literal["aiohttp", "openai"] = "aiohttp"
+    max_concurrency: int = Field(default=256, ge=1)
+    min_concurrency: int = Field(default=4, ge=1)
+    adaptive_concurrency: bool = True
+    timeout_s: float = Field(default=120.0, gt=0)
+    deadline_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    learn_rate_limits: bool = True
+    breaker_failures: int = Field(default=20, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+    endpoint_cooldown_s: float = Field(default=10.0, ge=0)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> LLMSettings:
+        urls = list(self.base_urls)
+        if self.base_url and self.base_url not in urls:
+            urls.insert(0, self.base_url)
+        if not urls:
+            raise ValueError("set base_url or base_urls")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"base url {url!r} must start with http:// or https://")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        if self.min_concurrency > self.max_concurrency:
+            raise ValueError("min_concurrency must not exceed max_concurrency")
+        given = [self.api_key is not None, bool(self.api_key_env), self.api_key_file is not None]
+        if sum(given) > 1:
+            raise ValueError("set only one of api_key, api_key_env, api_key_file")
+        return self
+
+    def resolve_api_key(self) -> str:
+        """The key from whichever source is configured ("EMPTY" when none: local servers)."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if value is None:
+                raise ConfigError(f"llm.api_key_env: environment variable {self.api_key_env} unset")
+            return value
+        if self.api_key_file is not None:
+            try:
+                return self.api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"llm.api_key_file: cannot read: {exc.strerror}") from exc
+        return "EMPTY"
+
+
+class GenerationOverrides(_Section):
+    """Per-stage generation settings; unset fields keep the task's defaults."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    extra_body: dict[str, Any] | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def apply(self, base: GenerationConfig) -> GenerationConfig:
+        changes = self.model_dump(exclude_unset=True)
+        return base.model_copy(update=changes) if changes else base
+
+
+class StageSettings(_Section):
+    task: TaskName
+    name: str | None = None
+    output_topic: str
+    input_field: str | None = None
+    output_field: str | None = None
+    system_prompt: str | None = None
+    prompt: str | None = None
+    model: str | None = None
+    generation: GenerationOverrides = Field(default_factory=GenerationOverrides)
+    tokenizer: str = "approx"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _custom(self) -> StageSettings:
+        if self.task == "custom":
+            if not self.prompt:
+                raise ValueError("a custom stage needs 'prompt' (a template with {document})")
+            if "{document}" not in self.prompt:
+                raise ValueError("'prompt' must contain the {document} placeholder")
+            if not self.output_field:
+                raise ValueError("a custom stage needs 'output_field'")
+        return self
+
+    @property
+    def stage_name(self) -> str:
+        return self.name or (self.output_field if self.task == "custom" else self.task) or "custom"
+
+
+class WorkerSettings(_Section):
+    max_batch_records: int = Field(default=500, ge=1)
+    max_batch_wait_ms: int = Field(default=100, ge=0)
+    #: Records fetched but not finished; above it, partitions are paused.
+    max_inflight_records: int = Field(default=2_000, ge=1)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    shutdown_timeout_s: float = Field(default=60.0, ge=0)
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9400, ge=0, le=65535)
+    summary_interval_s: float = Field(default=10.0, ge=0)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("_file_data", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_data.get() or {})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMSYNTH_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    kafka: KafkaSettings
+    record: RecordSettings = Field(default_factory=RecordSettings)
+    llm: LLMSettings
+    stages: list[StageSettings] = Field(min_length=1)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> Settings:
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.stage_name in seen:
+                raise ValueError(f"two stages are named {stage.stage_name!r}; set 'name'")
+            seen.add(stage.stage_name)
+            if stage.output_topic in self.kafka.input_topics:
+                raise ValueError(f"stage {stage.stage_name!r}: output_topic is an input topic")
+        return self
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Validate ``data`` (as read from YAML) with environment overrides applied."""
+    token = _file_data.set(data)
+    try:
+        return Settings()  # type: ignore[call-arg]  # fields come from the sources
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    finally:
+        _file_data.reset(token)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a YAML config file; raise :class:`ConfigError` on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: the top level must be a mapping")
+    return settings_from_dict(data)
+
+
+EXAMPLE_CONFIG = """\
+# streamsynth worker configuration. Environment variables override any key:
+# STREAMSYNTH_<SECTION>__<KEY>, e.g. STREAMSYNTH_LLM__MAX_CONCURRENCY=64.
+kafka:
+  bootstrap_servers: 127.0.0.1:9092
+  group_id: streamsynth
+  input_topic: documents
+  dlq_topic: documents.dlq
+  # filtered_topic: documents.filtered     # optional: records the task filters drop
+  # group_instance_id: worker-0            # static membership
+  # security_protocol: SASL_SSL
+  # sasl_mechanism: SCRAM-SHA-512
+  # sasl_username: streamsynth
+  # sasl_password: ...                     # prefer STREAMSYNTH_KAFKA__SASL_PASSWORD
+record:
+  id_field: id
+  text_field: text
+  max_record_bytes: 1048576
+llm:
+  base_url: http://127.0.0.1:8000/v1       # or base_urls: [..] for a pool of replicas
+  api_key_env: OPENAI_API_KEY              # or api_key / api_key_file
+  model: meta/llama-3.3-70b-instruct
+  max_concurrency: 256
+  timeout_s: 120
+  max_attempts: 6
+  # rpm: 600
+  # tpm: 1000000
+  cache:
+    kind: sqlite
+    path: streamsynth-cache.sqlite3
+  prices:
+    meta/llama-3.3-70b-instruct: {input_per_million: 0.6, output_per_million: 0.6}
+stages:
+  - task: diverse_qa
+    output_topic: synth.diverse_qa
+    generation: {temperature: 0.5, top_p: 0.9, max_tokens: 600}
+  - task: custom
+    system_prompt: "You are a careful technical writer."
+    prompt: "Summarize the following text in three sentences:\\n\\n{document}"
+    output_field: summary
+    output_topic: synth.summary
+worker:
+  max_batch_records: 500
+  max_inflight_records: 2000
+  commit_interval_s: 1.0
+  drain_timeout_s: 30
+  shutdown_timeout_s: 60
+metrics:
+  host: 0.0.0.0
+  port: 9400
+logging:
+  level: INFO
+  format: json
+"""

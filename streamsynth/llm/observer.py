@@ -1,0 +1,55 @@
+"""Events the LLM layer reports, so that metrics live outside it.
+
+The LLM layer depends on nothing above it; ``streamsynth.metrics`` implements
+this interface with Prometheus instruments. Every method is a no-op here, so an
+observer overrides only what it needs. Labels passed in are bounded: stage
+names, model names, endpoint URLs from config, and error *types* (never text).
+"""
+
+from __future__ import annotations
+
+from streamsynth.llm.types import Usage
+
+
+class LLMObserver:
+    def on_operation(
+        self,
+        *,
+        stage: str,
+        model: str,
+        endpoint: str | None,
+        duration_s: float,
+        error_type: str | None,
+        usage: Usage | None,
+        attempts: int,
+    ) -> None:
+        """One logical request finished (all attempts and backoff included)."""
+
+    def on_attempt(self, *, stage: str, model: str, endpoint: str, status: str) -> None:
+        """One HTTP attempt finished; ``status`` is "ok" or an error type such as http_429."""
+
+    def on_retry(self, *, stage: str, model: str, reason: str) -> None:
+        """An attempt failed with a retryable error and will be retried."""
+
+    def on_inflight(self, *, endpoint: str, inflight: int) -> None:
+        """Requests holding a concurrency slot of ``endpoint`` right now."""
+
+    def on_concurrency_limit(self, *, endpoint: str, limit: int) -> None:
+        """The endpoint's (adaptive) concurrency limit changed."""
+
+    def on_cache(self, *, stage: str, model: str, hit: bool) -> None:
+        """A cache lookup hit or missed."""
+
+    def on_cost(self, *, stage: str, model: str, usd: float) -> None:
+        """Money spent by one request, from the configured prices."""
+
+    def on_circuit(self, *, endpoint: str, open: bool) -> None:
+        """The endpoint's circuit breaker opened (True) or closed (False)."""
+
+    def on_rate_limit_remaining(
+        self, *, endpoint: str, requests: float | None, tokens: float | None
+    ) -> None:
+        """Remaining budget as the server reports it in ``x-ratelimit-remaining-*``."""
+
+
+NULL_OBSERVER = LLMObserver()

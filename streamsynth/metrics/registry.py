@@ -1,0 +1,233 @@
+"""Every Prometheus instrument streamsynth exports, in one place.
+
+Base units only (seconds, bytes), bounded label sets: stage and model names,
+topics and partitions, endpoints from config, error *types*. Never a record id,
+an offset or free text as a label.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from streamsynth import __version__
+from streamsynth.llm.observer import LLMObserver
+from streamsynth.llm.types import Usage
+
+#: OpenTelemetry GenAI semantic-convention buckets.
+OTEL_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+OTEL_TOKEN_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    """The instruments of one worker, registered on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, provider: str = "openai"):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.provider = provider
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+        # -- LLM (OpenTelemetry GenAI names) ------------------------------------------
+        self.gen_ai_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "Duration of a GenAI client operation, retries and backoff included.",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "stage",
+             "error_type"],
+            buckets=OTEL_DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.gen_ai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per GenAI operation, as billed (from the response usage).",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_token_type",
+             "gen_ai_request_model", "stage"],
+            buckets=OTEL_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.llm_tokens = Counter(
+            "streamsynth_llm_tokens", "Tokens used, by stage, model and type (input/output).",
+            ["stage", "model", "type"], registry=r,
+        )  # fmt: skip
+        self.llm_requests = Counter(
+            "streamsynth_llm_requests", "HTTP attempts to LLM endpoints, by outcome status.",
+            ["stage", "model", "status"], registry=r,
+        )  # fmt: skip
+        self.llm_retries = Counter(
+            "streamsynth_llm_retries", "Attempts retried, by the error type that caused it.",
+            ["stage", "model", "reason"], registry=r,
+        )  # fmt: skip
+        self.llm_inflight = Gauge(
+            "streamsynth_llm_inflight_requests", "Requests holding a concurrency slot.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.llm_concurrency_limit = Gauge(
+            "streamsynth_llm_concurrency_limit", "Current (adaptive) concurrency limit.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.llm_cache_hits = Counter(
+            "streamsynth_llm_cache_hits", "Requests answered from the response cache.",
+            ["stage", "model"], registry=r,
+        )  # fmt: skip
+        self.llm_cache_misses = Counter(
+            "streamsynth_llm_cache_misses", "Cache lookups that went to the endpoint.",
+            ["stage", "model"], registry=r,
+        )  # fmt: skip
+        self.llm_cost = Counter(
+            "streamsynth_llm_cost_usd", "Money spent, from the configured per-model prices.",
+            ["stage", "model"], registry=r,
+        )  # fmt: skip
+        self.llm_circuit_open = Gauge(
+            "streamsynth_llm_circuit_open", "1 while the endpoint's circuit breaker is open.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.llm_ratelimit_remaining_requests = Gauge(
+            "streamsynth_llm_ratelimit_remaining_requests",
+            "Requests left in the window, as reported by x-ratelimit-remaining-requests.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.llm_ratelimit_remaining_tokens = Gauge(
+            "streamsynth_llm_ratelimit_remaining_tokens",
+            "Tokens left in the window, as reported by x-ratelimit-remaining-tokens.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+
+        # -- records and stages ---------------------------------------------------------
+        self.records_consumed = Counter(
+            "streamsynth_records_consumed", "Records fetched from input topics.",
+            ["topic"], registry=r,
+        )  # fmt: skip
+        self.records_produced = Counter(
+            "streamsynth_records_produced", "Output records acknowledged by the broker.",
+            ["stage", "topic"], registry=r,
+        )  # fmt: skip
+        self.records_filtered = Counter(
+            "streamsynth_records_filtered", "Records a stage's filters dropped on purpose.",
+            ["stage", "reason"], registry=r,
+        )  # fmt: skip
+        self.records_dlq = Counter(
+            "streamsynth_records_dlq", "Records sent to the dead-letter topic.",
+            ["stage", "reason"], registry=r,
+        )  # fmt: skip
+        self.record_e2e_latency = Histogram(
+            "streamsynth_record_e2e_latency_seconds",
+            "From the input record's Kafka timestamp to the output's produce ack.",
+            ["stage"], buckets=E2E_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.stage_duration = Histogram(
+            "streamsynth_stage_duration_seconds", "Time one stage spent on one record.",
+            ["stage"], buckets=OTEL_DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inflight_records = Gauge(
+            "streamsynth_inflight_records", "Records fetched and not yet finished.", registry=r
+        )
+
+        # -- Kafka ----------------------------------------------------------------------
+        self.consumer_lag = Gauge(
+            "streamsynth_consumer_lag_records", "High watermark minus committed offset.",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.uncommitted = Gauge(
+            "streamsynth_uncommitted_records",
+            "Records fetched past the committed offset (finished or not).",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.committed_offset = Gauge(
+            "streamsynth_committed_offset", "Last committed offset.",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.offset_commits = Counter(
+            "streamsynth_offset_commits", "Offset commits, by status (ok/failed).",
+            ["status"], registry=r,
+        )  # fmt: skip
+        self.partitions_assigned = Gauge(
+            "streamsynth_partitions_assigned", "Partitions assigned to this worker.", registry=r
+        )
+        self.partitions_paused = Gauge(
+            "streamsynth_partitions_paused", "Partitions paused for backpressure.", registry=r
+        )
+        self.rebalances = Counter(
+            "streamsynth_rebalances", "Partition assignments and revocations.",
+            ["event"], registry=r,
+        )  # fmt: skip
+        self.event_loop_lag = Gauge(
+            "streamsynth_event_loop_lag_seconds",
+            "How late a periodic event-loop callback ran (last sample).", registry=r,
+        )  # fmt: skip
+        self.build_info = Gauge(
+            "streamsynth_build_info", "Build information (value is always 1).",
+            ["version", "python"], registry=r,
+        )  # fmt: skip
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+
+    def llm_observer(self) -> PrometheusLLMObserver:
+        return PrometheusLLMObserver(self)
+
+
+class PrometheusLLMObserver(LLMObserver):
+    """Feeds LLM-layer events into :class:`Metrics`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def on_operation(
+        self,
+        *,
+        stage: str,
+        model: str,
+        endpoint: str | None,
+        duration_s: float,
+        error_type: str | None,
+        usage: Usage | None,
+        attempts: int,
+    ) -> None:
+        m = self.m
+        m.gen_ai_duration.labels("chat", m.provider, model, stage, error_type or "").observe(
+            duration_s
+        )
+        if usage is None:
+            return
+        for kind, value in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
+            m.gen_ai_tokens.labels("chat", m.provider, kind, model, stage).observe(value)
+            m.llm_tokens.labels(stage, model, kind).inc(value)
+
+    def on_attempt(self, *, stage: str, model: str, endpoint: str, status: str) -> None:
+        self.m.llm_requests.labels(stage, model, status).inc()
+
+    def on_retry(self, *, stage: str, model: str, reason: str) -> None:
+        self.m.llm_retries.labels(stage, model, reason).inc()
+
+    def on_inflight(self, *, endpoint: str, inflight: int) -> None:
+        self.m.llm_inflight.labels(endpoint).set(inflight)
+
+    def on_concurrency_limit(self, *, endpoint: str, limit: int) -> None:
+        self.m.llm_concurrency_limit.labels(endpoint).set(limit)
+
+    def on_cache(self, *, stage: str, model: str, hit: bool) -> None:
+        (self.m.llm_cache_hits if hit else self.m.llm_cache_misses).labels(stage, model).inc()
+
+    def on_cost(self, *, stage: str, model: str, usd: float) -> None:
+        self.m.llm_cost.labels(stage, model).inc(usd)
+
+    def on_circuit(self, *, endpoint: str, open: bool) -> None:
+        self.m.llm_circuit_open.labels(endpoint).set(1 if open else 0)
+
+    def on_rate_limit_remaining(
+        self, *, endpoint: str, requests: float | None, tokens: float | None
+    ) -> None:
+        if requests is not None:
+            self.m.llm_ratelimit_remaining_requests.labels(endpoint).set(requests)
+        if tokens is not None:
+            self.m.llm_ratelimit_remaining_tokens.labels(endpoint).set(tokens)
