@@ -1,0 +1,430 @@
+"""Writes dashboards/streamsynth.json: the streamsynth Grafana dashboard.
+
+The JSON is generated so that every panel follows one layout and one selector
+convention; edit this file, run ``python dashboards/generate.py``, commit both.
+tests/metrics/test_dashboard.py fails when the JSON is stale.
+
+Panels whose events are rare in normal operation (429s, DLQ, filtered records,
+an open circuit) use ``X or (Y * 0)``: they show 0 instead of "No data", so an
+empty panel always means "not scraped", never "nothing went wrong".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).with_name("streamsynth.json")
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+#: Label matchers every query carries; stage and model are added where the metric has them.
+SEL = 'job=~"$job", instance=~"$instance"'
+SEL_STAGE = SEL + ', stage=~"$stage"'
+SEL_MODEL = SEL_STAGE + ', model=~"$model"'
+SEL_GENAI = SEL_STAGE + ', gen_ai_request_model=~"$model"'
+RI = "$__rate_interval"
+
+Target = tuple[str, str]  # (expr, legend)
+
+
+def _rate(metric: str, sel: str, by: str) -> str:
+    return f"sum by ({by}) (rate({metric}{{{sel}}}[{RI}]))"
+
+
+def _gauge(metric: str, sel: str, by: str, agg: str = "sum") -> str:
+    return f"{agg} by ({by}) ({metric}{{{sel}}})"
+
+
+def _quantiles(metric: str, sel: str, by: str) -> list[Target]:
+    return [
+        (
+            f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{sel}}}[{RI}])))",
+            f"p{round(q * 100)} {{{{{by}}}}}",
+        )
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+class Layout:
+    """Places panels left to right, three per line, rows full width."""
+
+    def __init__(self) -> None:
+        self.panels: list[dict[str, Any]] = []
+        self.y = 0
+        self.x = 0
+        self.next_id = 1
+
+    def _id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def row(self, title: str) -> None:
+        if self.x:
+            self.y += 8
+            self.x = 0
+        self.panels.append(
+            {
+                "type": "row",
+                "id": self._id(),
+                "title": title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
+                "panels": [],
+            }
+        )
+        self.y += 1
+
+    def panel(
+        self,
+        title: str,
+        targets: list[Target],
+        unit: str,
+        description: str,
+        *,
+        kind: str = "timeseries",
+        stack: bool = False,
+    ) -> None:
+        custom: dict[str, Any] = {"lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
+        if stack:
+            custom["stacking"] = {"mode": "normal", "group": "A"}
+        options: dict[str, Any] = {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+        if kind == "stat":
+            custom = {}
+            options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+        self.panels.append(
+            {
+                "type": kind,
+                "id": self._id(),
+                "title": title,
+                "description": description,
+                "datasource": DS,
+                "gridPos": {"h": 8, "w": 8, "x": self.x, "y": self.y},
+                "fieldConfig": {"defaults": {"unit": unit, "custom": custom}, "overrides": []},
+                "options": options,
+                "targets": [
+                    {"refId": chr(ord("A") + i), "datasource": DS, "expr": e, "legendFormat": lg}
+                    for i, (e, lg) in enumerate(targets)
+                ],
+            }
+        )
+        self.x += 8
+        if self.x >= 24:
+            self.x = 0
+            self.y += 8
+
+
+def _or_zero(expr: str, fallback: str) -> str:
+    """``expr``, or the label sets of ``fallback`` at 0 when ``expr`` has no series yet."""
+    return f"({expr}) or ({fallback} * 0)"
+
+
+def red_row(lay: Layout) -> None:
+    lay.row("Throughput and errors per stage (RED)")
+    stage_rate = _rate("streamsynth_stage_duration_seconds_count", SEL_STAGE, "stage")
+    lay.panel(
+        "Records consumed / s",
+        [(_rate("streamsynth_records_consumed_total", SEL, "topic"), "{{topic}}")],
+        "reqps",
+        "Records fetched from the input topics.",
+    )
+    lay.panel(
+        "Records produced / s by stage",
+        [(_rate("streamsynth_records_produced_total", SEL_STAGE, "stage"), "{{stage}}")],
+        "reqps",
+        "Output records acknowledged by the broker, per stage.",
+        stack=True,
+    )
+    dlq_by_stage = _rate("streamsynth_records_dlq_total", SEL_STAGE, "stage")
+    lay.panel(
+        "Error ratio by stage",
+        [(f"({_or_zero(dlq_by_stage, stage_rate)}) / {stage_rate}", "{{stage}}")],
+        "percentunit",
+        "Records dead-lettered divided by records the stage processed.",
+    )
+    lay.panel(
+        "Stage duration p50 / p95 / p99",
+        _quantiles("streamsynth_stage_duration_seconds", SEL_STAGE, "stage"),
+        "s",
+        "Time one stage spends on one record, LLM call included.",
+    )
+    lay.panel(
+        "End-to-end latency p50 / p95 / p99",
+        _quantiles("streamsynth_record_e2e_latency_seconds", SEL_STAGE, "stage"),
+        "s",
+        "From the input record's Kafka timestamp to the output's produce ack.",
+    )
+    filtered = _rate("streamsynth_records_filtered_total", SEL_STAGE, "stage")
+    lay.panel(
+        "Records filtered / s by stage",
+        [(_or_zero(filtered, stage_rate), "{{stage}}")],
+        "reqps",
+        "Records a stage's filters dropped on purpose (not errors).",
+    )
+    lay.panel(
+        "Records in flight",
+        [(f"sum by (instance) (streamsynth_inflight_records{{{SEL}}})", "{{instance}}")],
+        "short",
+        "Fetched and not yet finished; partitions pause above worker.max_inflight_records.",
+    )
+
+
+def llm_row(lay: Layout) -> None:
+    lay.row("LLM")
+    lay.panel(
+        "LLM request latency p50 / p95 / p99",
+        _quantiles("gen_ai_client_operation_duration_seconds", SEL_GENAI, "gen_ai_request_model"),
+        "s",
+        "One logical request, retries and backoff included (OTel GenAI duration).",
+    )
+    lay.panel(
+        "Tokens / s (input, output)",
+        [(_rate("streamsynth_llm_tokens_total", SEL_MODEL, "type"), "{{type}}")],
+        "short",
+        "Billed tokens from the responses' usage blocks.",
+    )
+    req_rate = _rate("streamsynth_llm_requests_total", SEL_MODEL, "model")
+    rate_429 = _rate("streamsynth_llm_requests_total", SEL_MODEL + ', status="http_429"', "model")
+    lay.panel(
+        "429 responses / s",
+        [
+            (_or_zero(rate_429, req_rate), "429 {{model}}"),
+            (_rate("streamsynth_llm_retries_total", SEL_MODEL, "reason"), "retry {{reason}}"),
+        ],
+        "reqps",
+        "Rate-limit answers, and every retry by its cause.",
+    )
+    lay.panel(
+        "LLM attempts / s by status",
+        [(_rate("streamsynth_llm_requests_total", SEL_MODEL, "status"), "{{status}}")],
+        "reqps",
+        "HTTP attempts by outcome (ok or an error type).",
+        stack=True,
+    )
+    lay.panel(
+        "In-flight requests vs concurrency limit",
+        [
+            (f"sum by (endpoint) (streamsynth_llm_inflight_requests{{{SEL}}})", "in flight"),
+            (f"sum by (endpoint) (streamsynth_llm_concurrency_limit{{{SEL}}})", "limit"),
+        ],
+        "short",
+        "Requests holding a slot against the (adaptive) limit, per endpoint.",
+    )
+    hits = f"sum(rate(streamsynth_llm_cache_hits_total{{{SEL_MODEL}}}[{RI}]))"
+    misses = f"sum(rate(streamsynth_llm_cache_misses_total{{{SEL_MODEL}}}[{RI}]))"
+    lay.panel(
+        "Cache hit ratio",
+        [(f"({hits} or vector(0)) / (({hits} or vector(0)) + {misses})", "hit ratio")],
+        "percentunit",
+        "Requests answered from the response cache.",
+    )
+    lay.panel(
+        "Cost per hour",
+        [
+            (
+                _rate("streamsynth_llm_cost_usd_total", SEL_MODEL, "model") + " * 3600",
+                "{{model}}",
+            )
+        ],
+        "currencyUSD",
+        "Spend rate from the configured per-model prices.",
+    )
+    lay.panel(
+        "Tokens per request p50 / p95",
+        [
+            (
+                f"histogram_quantile({q}, sum by (gen_ai_token_type, le) "
+                f"(rate(gen_ai_client_token_usage_bucket{{{SEL_GENAI}}}[{RI}])))",
+                f"p{round(q * 100)} {{{{gen_ai_token_type}}}}",
+            )
+            for q in (0.5, 0.95)
+        ],
+        "short",
+        "OTel GenAI token usage per operation.",
+    )
+    inflight = f"max by (endpoint) (streamsynth_llm_inflight_requests{{{SEL}}})"
+    lay.panel(
+        "Circuit breaker open",
+        [(_or_zero(f"max by (endpoint) (streamsynth_llm_circuit_open{{{SEL}}})", inflight),
+          "{{endpoint}}")],
+        "bool_on_off",
+        "1 while an endpoint's breaker is open and requests fail fast.",
+    )  # fmt: skip
+
+
+def kafka_row(lay: Layout) -> None:
+    lay.row("Kafka")
+    lag = f"streamsynth_consumer_lag_records{{{SEL}}}"
+    lay.panel(
+        "Consumer lag (records)",
+        [(f"sum by (topic) ({lag})", "{{topic}}")],
+        "short",
+        "High watermark minus committed offset, summed over partitions.",
+    )
+    lay.panel(
+        "Lag trend (records / s)",
+        [(f"sum by (topic) (deriv({lag}[5m]))", "{{topic}}")],
+        "short",
+        "Positive while lag grows: the workers fall behind the producers.",
+    )
+    lay.panel(
+        "Offset commits / s",
+        [(_rate("streamsynth_offset_commits_total", SEL, "status"), "{{status}}")],
+        "ops",
+        "Commits by status (ok/failed).",
+    )  # fmt: skip
+    lay.panel(
+        "Rebalances",
+        [(f"sum by (event) (increase(streamsynth_rebalances_total{{{SEL}}}[{RI}]))", "{{event}}")],
+        "short",
+        "Partition assignments and revocations.",
+    )
+    lay.panel(
+        "Partitions assigned / paused",
+        [
+            (_gauge("streamsynth_partitions_assigned", SEL, "instance"), "assigned {{instance}}"),
+            (_gauge("streamsynth_partitions_paused", SEL, "instance"), "paused {{instance}}"),
+        ],
+        "short",
+        "Paused partitions mean backpressure: too many records in flight.",
+    )  # fmt: skip
+    stage_rate = _rate("streamsynth_stage_duration_seconds_count", SEL_STAGE, "stage")
+    lay.panel(
+        "DLQ records / s",
+        [
+            (_rate("streamsynth_records_dlq_total", SEL_STAGE, "stage, reason"),
+             "{{stage}} {{reason}}"),
+            (_or_zero(_rate("streamsynth_records_dlq_total", SEL_STAGE, "stage"), stage_rate),
+             "{{stage}} total"),
+        ],
+        "reqps",
+        "Records sent to the dead-letter topic, by stage and reason.",
+    )  # fmt: skip
+    lay.panel(
+        "Uncommitted records",
+        [(f"sum by (topic) (streamsynth_uncommitted_records{{{SEL}}})", "{{topic}}")],
+        "short",
+        "Fetched past the committed offset: what a crash would re-process.",
+    )
+
+
+def process_row(lay: Layout) -> None:
+    lay.row("Process")
+    lay.panel(
+        "CPU",
+        [(f"rate(process_cpu_seconds_total{{{SEL}}}[{RI}])", "{{instance}}")],
+        "percentunit",
+        "CPU seconds per second (1 = one core).",
+    )
+    lay.panel(
+        "Resident memory",
+        [(f"process_resident_memory_bytes{{{SEL}}}", "{{instance}}")],
+        "bytes",
+        "RSS of each worker.",
+    )
+    lay.panel(
+        "Event-loop lag",
+        [(f"max by (instance) (streamsynth_event_loop_lag_seconds{{{SEL}}})", "{{instance}}")],
+        "s",
+        "How late a periodic callback ran: blocking code on the loop.",
+    )
+    lay.panel(
+        "Workers up",
+        [(f'up{{{SEL}}}', "{{instance}}")],
+        "short",
+        "Prometheus scrape health per worker.",
+    )  # fmt: skip
+
+
+def _query_var(name: str, label: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": f"{name}-var"},
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def dashboard() -> dict[str, Any]:
+    lay = Layout()
+    red_row(lay)
+    llm_row(lay)
+    kafka_row(lay)
+    process_row(lay)
+    return {
+        "uid": "streamsynth",
+        "title": "streamsynth",
+        "description": "Kafka-to-LLM synthetic data workers: RED per stage, LLM, Kafka, process.",
+        "tags": ["streamsynth", "kafka", "llm"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timezone": "browser",
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {"text": "Prometheus", "value": "prometheus"},
+                },
+                _query_var("job", "Job", "label_values(streamsynth_build_info, job)"),
+                _query_var(
+                    "instance",
+                    "Instance",
+                    'label_values(streamsynth_build_info{job=~"$job"}, instance)',
+                ),
+                _query_var(
+                    "stage",
+                    "Stage",
+                    'label_values(streamsynth_stage_duration_seconds_count{job=~"$job"}, stage)',
+                ),
+                _query_var(
+                    "model",
+                    "Model",
+                    'label_values(streamsynth_llm_requests_total{job=~"$job"}, model)',
+                ),
+            ]
+        },
+        "annotations": {
+            "list": [
+                {
+                    "name": "Annotations & Alerts",
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "panels": lay.panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    text = render()
+    if "--check" in sys.argv:
+        sys.exit(0 if OUT.read_text() == text else 1)
+    OUT.write_text(text)
+    print(f"wrote {OUT}")

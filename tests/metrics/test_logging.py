@@ -1,0 +1,132 @@
+"""JSON/text log shape, record coordinates, and secret redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from streamsynth.config import LoggingSettings
+from streamsynth.logging import (
+    REDACTED,
+    clear_secrets,
+    configure_logging,
+    record_fields,
+    redact,
+    register_secret,
+)
+
+
+@pytest.fixture
+def capture() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = configure_logging(LoggingSettings(level="DEBUG", format="json"), stream)
+    try:
+        yield stream
+    finally:
+        logging.getLogger().removeHandler(handler)
+        clear_secrets()
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_line_shape_with_record_coordinates(capture: io.StringIO) -> None:
+    log = logging.getLogger("streamsynth.kafka.worker")
+    log.error(
+        "stage failed: %s", "bad json", extra=record_fields("docs", 3, 1234, stage="diverse_qa")
+    )
+    (entry,) = _lines(capture)
+    assert entry["level"] == "ERROR"
+    assert entry["logger"] == "streamsynth.kafka.worker"
+    assert entry["msg"] == "stage failed: bad json"
+    assert (entry["topic"], entry["partition"], entry["offset"]) == ("docs", 3, 1234)
+    assert entry["stage"] == "diverse_qa"
+    assert str(entry["ts"]).endswith("+00:00") and "T" in str(entry["ts"])
+
+
+def test_exceptions_are_one_json_line(capture: io.StringIO) -> None:
+    try:
+        raise RuntimeError("kaputt")
+    except RuntimeError:
+        logging.getLogger("x").exception("while producing")
+    (entry,) = _lines(capture)
+    assert "RuntimeError: kaputt" in str(entry["exc"])
+
+
+def test_level_is_applied() -> None:
+    stream = io.StringIO()
+    handler = configure_logging(LoggingSettings(level="WARNING"), stream)
+    try:
+        logging.getLogger("y").info("quiet")
+        logging.getLogger("y").warning("loud")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert [e["msg"] for e in _lines(stream)] == ["loud"]
+
+
+def test_reconfiguring_replaces_the_handler() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging(LoggingSettings(), first)
+    handler = configure_logging(LoggingSettings(format="text"), second)
+    try:
+        logging.getLogger("z").warning("once", extra={"topic": "t"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert first.getvalue() == ""
+    line = second.getvalue().strip()
+    assert "WARNING" in line and "z: once" in line and line.endswith("topic=t")
+
+
+def test_registered_secrets_vanish_everywhere(capture: io.StringIO) -> None:
+    api_key, sasl_password = "fake-api-key-3f9a1c", "s4sl-p4ssw0rd!"
+    register_secret(api_key)
+    register_secret(sasl_password)
+    log = logging.getLogger("streamsynth.llm")
+    log.warning("auth with %s failed", api_key, extra={"headers": {"x-key": api_key}})
+    log.info("kafka config", extra={"sasl": ["user", sasl_password]})
+    try:
+        raise ValueError(f"password {sasl_password} rejected")
+    except ValueError:
+        log.exception("connect failed")
+    text = capture.getvalue()
+    assert api_key not in text and sasl_password not in text
+    assert text.count(REDACTED) >= 4
+    warning, info, error = _lines(capture)
+    assert warning["headers"] == {"x-key": REDACTED}
+    assert info["sasl"] == ["user", REDACTED]
+    assert REDACTED in str(error["exc"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "leaked"),
+    [
+        ("calling with sk-proj-AbC123xyz789qwe", "sk-proj-AbC123xyz789qwe"),
+        ("Authorization: Bearer eyJhbGciOi.J9abc", "eyJhbGciOi.J9abc"),
+        ('{"api_key": "abcd1234efgh"}', "abcd1234efgh"),
+        ("sasl password=hunter22 ok", "hunter22"),
+    ],
+)
+def test_common_key_shapes_are_redacted(raw: str, leaked: str) -> None:
+    cleaned = redact(raw)
+    assert leaked not in cleaned
+    assert REDACTED in cleaned
+
+
+def test_placeholders_and_short_values_are_not_secrets() -> None:
+    register_secret("EMPTY")
+    register_secret("ab")
+    register_secret(None)
+    try:
+        assert redact("EMPTY ab cab") == "EMPTY ab cab"
+    finally:
+        clear_secrets()
+
+
+def test_ordinary_text_is_untouched() -> None:
+    text = "tokens: 512 in, 128 out; topic=docs partition=3 offset=99"
+    assert redact(text) == text
