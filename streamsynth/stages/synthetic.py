@@ -119,7 +119,7 @@ class SyntheticStage(RecordStage):
             document = self.document_of(record)
             result = await self.agenerate(document)
         except Exception as exc:
-            return RecordOutcome(error=exc, calls=_calls_of_error(exc, self))
+            return RecordOutcome(error=exc, calls=calls_of_error(exc, self))
         call = call_of(result)
         data = dict(record)
         data[self.output_field] = result.text
@@ -143,7 +143,7 @@ def call_of(result: ChatResult) -> LLMCall:
     )
 
 
-def _calls_of_error(exc: BaseException, stage: SyntheticStage) -> list[LLMCall]:
+def calls_of_error(exc: BaseException, stage: SyntheticStage) -> list[LLMCall]:
     # A failed request still cost attempts (never tokens we were told about).
     attempts = int(getattr(exc, "attempts", 0) or 0)
     if attempts == 0:
