@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -52,8 +53,14 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _shutdown() -> None:
-    if _loop is not None and not _loop.is_closed():
-        _loop.call_soon_threadsafe(_loop.stop)
+    loop = _loop
+    if loop is None or loop.is_closed():
+        return
+    # Let clients close their pools on this loop first: stopping it bare would leave
+    # "Unclosed client session" warnings at interpreter exit.
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
+    loop.call_soon_threadsafe(loop.stop)
 
 
 atexit.register(_shutdown)
