@@ -1,0 +1,119 @@
+"""Build the worker's one LLM client from its settings.
+
+``build_llm_client(settings.llm)`` returns a :class:`ResilientClient` over one
+transport per base URL (raw aiohttp by default, the OpenAI SDK with
+``transport: openai``). Every limit in :class:`LLMSettings` that is per endpoint
+(``max_concurrency``, ``rpm``, ``tpm``, the breaker) applies to each base URL
+separately: several URLs are replicas, each with its own capacity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from streamsynth.llm.accounting import Accounting
+from streamsynth.llm.breaker import CircuitBreaker
+from streamsynth.llm.cache import MemoryCache, ResponseCache, SQLiteCache
+from streamsynth.llm.client import AsyncLLMClient
+from streamsynth.llm.concurrency import AdaptiveLimiter
+from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
+from streamsynth.llm.pool import Endpoint, EndpointPool
+from streamsynth.llm.ratelimit import RateLimiter
+from streamsynth.llm.resilient import ResilientClient
+from streamsynth.llm.retry import RetryPolicy
+
+if TYPE_CHECKING:  # config imports this package: no runtime import back
+    from streamsynth.config import LLMSettings
+
+__all__ = ["build_cache", "build_llm_client", "build_transport"]
+
+
+def build_transport(settings: LLMSettings, base_url: str, api_key: str) -> AsyncLLMClient:
+    """The raw, single-attempt client for one base URL."""
+    if settings.transport == "openai":
+        from streamsynth.llm.openai_client import AsyncOpenAIClient  # the SDK import is slow
+
+        return AsyncOpenAIClient(
+            base_url,
+            api_key,
+            timeout_s=settings.timeout_s,
+            max_connections=settings.max_concurrency,
+        )
+    from streamsynth.llm.http_client import AiohttpChatClient
+
+    return AiohttpChatClient(
+        base_url,
+        api_key,
+        timeout_s=settings.timeout_s,
+        max_connections=settings.max_concurrency,
+    )
+
+
+def build_cache(
+    settings: LLMSettings, path_override: str | Path | None = None
+) -> ResponseCache | None:
+    cache = settings.cache
+    if cache.kind == "none":
+        return None
+    if cache.kind == "memory":
+        return MemoryCache(cache.memory_entries)
+    return SQLiteCache(path_override or cache.path, memory_entries=cache.memory_entries)
+
+
+def build_endpoint(
+    settings: LLMSettings, url: str, api_key: str, observer: LLMObserver
+) -> Endpoint:
+    return Endpoint(
+        url=url,
+        transport=build_transport(settings, url, api_key),
+        limiter=AdaptiveLimiter(
+            url,
+            max_limit=settings.max_concurrency,
+            min_limit=settings.min_concurrency,
+            adaptive=settings.adaptive_concurrency,
+            observer=observer,
+        ),
+        breaker=CircuitBreaker(
+            url,
+            failure_threshold=settings.breaker_failures,
+            reset_s=settings.breaker_reset_s,
+            observer=observer,
+        ),
+        rate=RateLimiter(
+            url,
+            rpm=settings.rpm,
+            tpm=settings.tpm,
+            learn=settings.learn_rate_limits,
+            observer=observer,
+        ),
+    )
+
+
+def build_llm_client(
+    settings: LLMSettings,
+    *,
+    observer: LLMObserver | None = None,
+    cache_path_override: str | Path | None = None,
+) -> ResilientClient:
+    """The worker's LLM client: call once, share with every stage, ``await aclose()`` at exit."""
+    observer = observer or NULL_OBSERVER
+    api_key = settings.resolve_api_key()
+    pool = EndpointPool(
+        [build_endpoint(settings, url, api_key, observer) for url in settings.base_urls],
+        cooldown_s=settings.endpoint_cooldown_s,
+    )
+    policy = RetryPolicy(
+        max_attempts=settings.max_attempts,
+        base_s=settings.backoff_base_s,
+        max_s=settings.backoff_max_s,
+        deadline_s=settings.deadline_s,
+    )
+    return ResilientClient(
+        pool,
+        policy=policy,
+        cache=build_cache(settings, cache_path_override),
+        accounting=Accounting(settings.prices),
+        observer=observer,
+        timeout_s=settings.timeout_s,
+    )

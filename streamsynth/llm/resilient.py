@@ -1,0 +1,335 @@
+"""ResilientClient: the stack every stage talks to, behind the plain client protocol.
+
+Per logical request::
+
+    cache lookup (deterministic requests only)
+    retry loop, bounded by max_attempts and the request's deadline:
+        pick an endpoint (circuit admits it; least loaded; not the one that just failed)
+        reserve its RPM/TPM budget (wait if in debt)
+        take one of its concurrency slots          <- held for this attempt only
+        one HTTP attempt through the transport
+        give the slot back; feed the outcome to AIMD, breaker, rate limiter
+        on a retryable failure: sleep (full jitter, >= Retry-After), slot-free
+    account tokens and cost, store in the cache, report the operation
+
+Stages never see any of this: they call ``chat(request)`` and get a
+:class:`ChatResult` whose ``attempts`` counts HTTP attempts exactly and whose
+``latency_s`` spans all of them, or a typed :class:`LLMError` whose ``attempts``
+does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+
+from streamsynth.llm.accounting import Accounting
+from streamsynth.llm.cache import ResponseCache
+from streamsynth.llm.errors import APIStatusError, DeadlineExceededError, LLMError
+from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
+from streamsynth.llm.pool import AllCircuitsOpenError, Endpoint, EndpointPool
+from streamsynth.llm.ratelimit import NO_RESERVATION, Reservation, estimate_tokens
+from streamsynth.llm.retry import RetryPolicy, is_overload
+from streamsynth.llm.types import ChatRequest, ChatResult
+
+#: Shortest wait before re-asking a pool whose circuits are all open (no busy loop
+#: while another request's half-open probe is in flight).
+_MIN_CIRCUIT_WAIT_S = 0.05
+
+
+class _NotSent(Exception):
+    """The attempt ended before reaching the server: with ``error`` (fatal, e.g. the
+    deadline passed while waiting for budget or a slot) or without (the endpoint went
+    bad while this attempt queued for its slot: choose again)."""
+
+    def __init__(self, error: LLMError | None = None) -> None:
+        super().__init__()
+        self.error = error
+
+
+class ResilientClient:
+    """An :class:`~streamsynth.llm.client.AsyncLLMClient` with limits, retries and a cache.
+
+    One instance is meant to serve the whole worker (every stage and batch), so its
+    limits are the worker's limits. Use it from one event loop at a time.
+    """
+
+    def __init__(
+        self,
+        pool: EndpointPool,
+        *,
+        policy: RetryPolicy | None = None,
+        cache: ResponseCache | None = None,
+        accounting: Accounting | None = None,
+        observer: LLMObserver | None = None,
+        timeout_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.pool = pool
+        self.policy = policy or RetryPolicy()
+        self.cache = cache
+        self._accounting = accounting or Accounting()
+        self._observer = observer or NULL_OBSERVER
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        urls = [ep.url for ep in self.pool.endpoints]
+        return f"ResilientClient({urls!r})"
+
+    # -- introspection ------------------------------------------------------------------
+    @property
+    def accounting(self) -> Accounting:
+        return self._accounting
+
+    @property
+    def concurrency_limit(self) -> int:
+        """The current (adaptive) concurrency limit, summed over endpoints."""
+        return self.pool.concurrency_limit()
+
+    @property
+    def inflight(self) -> int:
+        """HTTP attempts on the wire right now, summed over endpoints."""
+        return self.pool.inflight()
+
+    async def aclose(self) -> None:
+        try:
+            if self.cache is not None:
+                await self.cache.aclose()
+        finally:
+            await self.pool.aclose()
+
+    # -- the request --------------------------------------------------------------------
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        key: str | None = None
+        if self.cache is not None and request.config.deterministic:
+            key = request.cache_key()
+            hit = await self._cached(request, key)
+            if hit is not None:
+                return hit
+        start = time.perf_counter()
+        try:
+            result = await self._with_retries(request, start)
+        except LLMError as exc:
+            self._failed(request, exc, time.perf_counter() - start)
+            raise
+        except Exception:
+            # A bug below us (not a cancellation): still one operation, labelled boundedly.
+            self._observer.on_operation(
+                stage=request.stage,
+                model=request.model,
+                endpoint=None,
+                duration_s=time.perf_counter() - start,
+                error_type="unexpected",
+                usage=None,
+                attempts=0,
+            )
+            raise
+        self._succeeded(request, result)
+        if key is not None and self.cache is not None:
+            await self.cache.put(key, result)
+        return result
+
+    async def _cached(self, request: ChatRequest, key: str) -> ChatResult | None:
+        assert self.cache is not None
+        hit = await self.cache.get(key)
+        self._observer.on_cache(stage=request.stage, model=request.model, hit=hit is not None)
+        if hit is None:
+            return None
+        self._accounting.record_cache_hit(request.stage, request.model)
+        self._observer.on_operation(
+            stage=request.stage,
+            model=request.model,
+            endpoint=None,
+            duration_s=0.0,
+            error_type=None,
+            usage=None,
+            attempts=0,
+        )
+        return hit
+
+    def _succeeded(self, request: ChatRequest, result: ChatResult) -> None:
+        usd = self._accounting.record_success(
+            request.stage, request.model, result.usage, result.attempts
+        )
+        if usd:
+            self._observer.on_cost(stage=request.stage, model=request.model, usd=usd)
+        self._observer.on_operation(
+            stage=request.stage,
+            model=request.model,
+            endpoint=result.endpoint,
+            duration_s=result.latency_s,
+            error_type=None,
+            usage=result.usage,
+            attempts=result.attempts,
+        )
+
+    def _failed(self, request: ChatRequest, exc: LLMError, duration_s: float) -> None:
+        self._accounting.record_error(request.stage, request.model, exc.attempts)
+        self._observer.on_operation(
+            stage=request.stage,
+            model=request.model,
+            endpoint=exc.endpoint,
+            duration_s=duration_s,
+            error_type=exc.error_type,
+            usage=None,
+            attempts=exc.attempts,
+        )
+
+    # -- the retry loop -----------------------------------------------------------------
+    async def _with_retries(self, request: ChatRequest, start: float) -> ChatResult:
+        policy = self.policy
+        deadline = self._clock() + policy.deadline_s
+        attempts = 0
+        avoid: Endpoint | None = None
+        while True:
+            try:
+                endpoint = self.pool.choose(avoid)
+            except AllCircuitsOpenError as exc:
+                await self._wait_for_circuit(request, exc, attempts, deadline)
+                continue
+            attempts += 1
+            try:
+                result = await self._attempt(endpoint, request, deadline)
+            except _NotSent as not_sent:
+                attempts -= 1  # nothing reached the server
+                if not_sent.error is None:
+                    continue
+                not_sent.error.attempts = attempts
+                raise not_sent.error from None
+            except LLMError as exc:
+                exc.attempts = attempts
+                exc.endpoint = exc.endpoint or endpoint.url
+                if not policy.should_retry(exc, attempts):
+                    raise
+                delay = policy.delay_s(attempts, exc)
+                if self._clock() + delay >= deadline:
+                    raise self._deadline_error(request, endpoint.url, attempts) from exc
+                self._observer.on_retry(
+                    stage=request.stage, model=request.model, reason=exc.error_type
+                )
+                avoid = endpoint
+                await self._sleep(delay)
+                continue
+            result.attempts = attempts
+            result.latency_s = time.perf_counter() - start
+            return result
+
+    async def _wait_for_circuit(
+        self, request: ChatRequest, exc: AllCircuitsOpenError, attempts: int, deadline: float
+    ) -> None:
+        now = self._clock()
+        wait = max(exc.reopens_at - now, _MIN_CIRCUIT_WAIT_S)
+        if now + wait >= deadline:
+            exc.attempts = attempts
+            raise exc
+        self._observer.on_retry(stage=request.stage, model=request.model, reason=exc.error_type)
+        await self._sleep(wait)
+
+    def _deadline_error(
+        self, request: ChatRequest, endpoint: str | None, attempts: int = 0
+    ) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"request for stage {request.stage!r} ran out of its {self.policy.deadline_s} s "
+            "deadline",
+            attempts=attempts,
+            endpoint=endpoint,
+        )
+
+    async def _attempt(self, ep: Endpoint, request: ChatRequest, deadline: float) -> ChatResult:
+        """One HTTP attempt on ``ep``: budget, slot, send, and feedback to the controls."""
+        reservation = NO_RESERVATION
+        if ep.rate.active:
+            reservation = ep.rate.reserve(estimate_tokens(request))
+            if reservation.wait_s > 0:
+                await self._wait_budget(ep, reservation, request, deadline)
+        try:
+            if ep.limiter.try_acquire():
+                started = self._clock()
+            else:
+                async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
+                    started = await ep.limiter.acquire()
+                if not self.pool.still_suitable(ep):
+                    ep.limiter.release()
+                    self._abandon(ep, reservation)
+                    raise _NotSent()
+        except TimeoutError:
+            self._abandon(ep, reservation)
+            raise _NotSent(self._deadline_error(request, ep.url)) from None
+        except BaseException:
+            self._abandon(ep, reservation)
+            raise
+        try:
+            result = await ep.transport.chat(self._bounded(request, deadline))
+        except LLMError as exc:
+            ep.limiter.release()
+            self._attempt_failed(ep, exc, started, reservation, request)
+            raise
+        except BaseException:
+            ep.limiter.release()
+            self._abandon(ep, reservation)
+            raise
+        ep.limiter.release()
+        ep.limiter.on_success()
+        ep.breaker.on_success()
+        if ep.rate.active:
+            ep.rate.observe(result.headers)
+            ep.rate.settle(reservation, result.usage.total_tokens)
+        self._observer.on_attempt(
+            stage=request.stage, model=request.model, endpoint=ep.url, status="ok"
+        )
+        return result
+
+    async def _wait_budget(
+        self, ep: Endpoint, reservation: Reservation, request: ChatRequest, deadline: float
+    ) -> None:
+        if self._clock() + reservation.wait_s >= deadline:
+            self._abandon(ep, reservation)
+            raise _NotSent(self._deadline_error(request, ep.url))
+        try:
+            await self._sleep(reservation.wait_s)
+        except BaseException:
+            self._abandon(ep, reservation)
+            raise
+
+    def _abandon(self, ep: Endpoint, reservation: Reservation) -> None:
+        """The attempt never reached the server: undo its reservation and probe claim."""
+        ep.breaker.on_abandoned()
+        if reservation is not NO_RESERVATION:
+            ep.rate.cancel(reservation)
+
+    def _bounded(self, request: ChatRequest, deadline: float) -> ChatRequest:
+        """The request with its attempt timeout cut to what is left of the deadline."""
+        remaining = deadline - self._clock()
+        timeout = request.timeout_s if request.timeout_s is not None else self.timeout_s
+        if remaining >= timeout:
+            return request
+        return dataclasses.replace(request, timeout_s=max(remaining, 0.001))
+
+    def _attempt_failed(
+        self,
+        ep: Endpoint,
+        exc: LLMError,
+        started: float,
+        reservation: Reservation,
+        request: ChatRequest,
+    ) -> None:
+        self._observer.on_attempt(
+            stage=request.stage, model=request.model, endpoint=ep.url, status=exc.error_type
+        )
+        if exc.retryable:
+            ep.breaker.on_failure()
+            self.pool.cool_down(ep)
+            if is_overload(exc):
+                ep.limiter.on_overload(started)
+        else:
+            # The server answered (400, 401, ...): it is alive, whatever it thinks of us.
+            ep.breaker.on_success()
+        if ep.rate.active:
+            ep.rate.cancel(reservation)
+            if isinstance(exc, APIStatusError):
+                ep.rate.observe(exc.headers)
