@@ -150,6 +150,9 @@ class LLMSettings(_Section):
         for url in urls:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"base url {url!r} must start with http:// or https://")
+            if "@" in url.split("//", 1)[1].split("/", 1)[0]:
+                # The URL becomes a metrics label and a log field: no credentials in it.
+                raise ValueError("a base url must not carry credentials; use api_key_env")
         self.base_urls = [u.rstrip("/") for u in urls]
         if self.min_concurrency > self.max_concurrency:
             raise ValueError("min_concurrency must not exceed max_concurrency")

@@ -47,6 +47,7 @@ def test_env_overrides_nested_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         (lambda d: d["stages"][1].pop("output_field"), "output_field"),
         (lambda d: d["kafka"].update(typo_key=1), "kafka.typo_key"),
         (lambda d: d["llm"].update(base_url="ftp://x"), "must start with http"),
+        (lambda d: d["llm"].update(base_url="http://u:pw@h/v1"), "must not carry credentials"),
         (lambda d: d["stages"][0].update(generation={"temperature": 9}), "temperature"),
         (lambda d: d["kafka"].update(dlq_topic="documents"), "dlq_topic"),
         (lambda d: d.update(stages=[]), "stages"),
