@@ -1,0 +1,525 @@
+"""Shared plumbing of the end-to-end benchmarks (llm-bound, vs-curator, memory, scale).
+
+* synthetic documents (our own word list, seeded);
+* result tables (rich) and JSON files under ``bench-results/``;
+* latency arithmetic: the simulator's seeded draws replayed, the ideal makespan of a
+  perfect N-slot client, and throughput over a steady-state window;
+* Kafka helpers: produce documents, watch output/DLQ topics, read committed offsets;
+* :class:`WorkerProcess`: one streamsynth worker in a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from streamsynth.testing.llm_simulator import LatencyModel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path("bench-results")
+Z99 = 2.3263478740408408  # standard normal quantile of 0.99
+
+# -- documents -------------------------------------------------------------------------
+
+_WORDS = [
+    "river",
+    "valley",
+    "stone",
+    "harbor",
+    "market",
+    "engine",
+    "signal",
+    "garden",
+    "forest",
+    "bridge",
+    "circuit",
+    "ledger",
+    "meadow",
+    "lantern",
+    "copper",
+    "glacier",
+    "orbit",
+    "canyon",
+    "harvest",
+    "archive",
+    "compass",
+    "timber",
+    "quarry",
+    "beacon",
+    "delta",
+    "prairie",
+    "furnace",
+    "vessel",
+    "tunnel",
+    "reef",
+    "summit",
+    "measure",
+    "gather",
+    "record",
+    "travel",
+    "shape",
+    "carry",
+    "build",
+    "follow",
+    "divide",
+    "balance",
+    "observe",
+    "predict",
+    "collect",
+    "describe",
+    "compare",
+    "explain",
+    "connect",
+    "protect",
+    "recover",
+    "steady",
+    "ancient",
+    "narrow",
+    "bright",
+    "quiet",
+    "rapid",
+    "fertile",
+    "coastal",
+    "northern",
+    "hollow",
+    "rural",
+    "modern",
+    "humid",
+    "sparse",
+    "dense",
+    "shallow",
+    "remote",
+    "local",
+    "annual",
+    "gradual",
+]
+_JOINERS = ("and", "while", "because", "although", "so", "after", "before", "where")
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [rng.choice(_WORDS) for _ in range(rng.randint(6, 14))]
+    if len(words) > 8:
+        words.insert(rng.randint(3, len(words) - 3), rng.choice(_JOINERS))
+    return " ".join(words).capitalize() + "."
+
+
+def make_text(rng: random.Random, mean_words: int) -> str:
+    """A paragraph of roughly ``mean_words`` words (sentences of 6..15 words)."""
+    target = max(8, int(rng.gauss(mean_words, mean_words / 5)))
+    sentences: list[str] = []
+    count = 0
+    while count < target:
+        s = _sentence(rng)
+        sentences.append(s)
+        count += s.count(" ") + 1
+    return " ".join(sentences)
+
+
+def make_documents(
+    n: int, *, seed: int = 0, mean_words: int = 120, id_prefix: str = "doc"
+) -> list[dict[str, str]]:
+    """``n`` records ``{"id", "text"}``, identical for the same seed (both sides of a
+    comparison get the same document set)."""
+    rng = random.Random(seed)
+    return [{"id": f"{id_prefix}-{i}", "text": make_text(rng, mean_words)} for i in range(n)]
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    notes: Iterable[str] = (),
+    console: Console | None = None,
+) -> None:
+    """Print a result table and the notes that say how it was measured."""
+    console = console or Console(width=120)
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(fmt(v) for v in row))
+    console.print(table)
+    for note in notes:
+        console.print(f"  - {note}", highlight=False, soft_wrap=True)
+
+
+def write_json(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
+    """Write ``bench-results/NAME.json`` (directory created on demand) and return its path."""
+    directory = out_dir or RESULTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    data = {"benchmark": name, "created_unix": round(time.time(), 3), **payload}
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return path
+
+
+# -- latency arithmetic -----------------------------------------------------------------
+
+
+def lognormal_mean(median_s: float, p99_s: float) -> float:
+    """Analytic mean of a lognormal given by its median and p99."""
+    sigma = math.log(p99_s / median_s) / Z99
+    return median_s * math.exp(sigma * sigma / 2)
+
+
+def replay_draws(latency: LatencyModel, seed: int, n: int) -> list[float]:
+    """The first ``n`` latencies the simulator draws with ``seed``.
+
+    With no probabilistic faults and no rate limits the simulator's seeded RNG is used
+    for nothing but the latency, one draw per request in arrival order, so replaying
+    it gives the exact draws the run received.
+    """
+    rng = random.Random(seed)
+    return [latency.base_s(rng) for _ in range(n)]
+
+
+def ideal_makespan(draws: Sequence[float], concurrency: int) -> float:
+    """Wall time of a perfect client: ``concurrency`` slots, each request started the
+    instant a slot frees, in the order drawn (greedy list scheduling, zero overhead)."""
+    slots = [0.0] * concurrency
+    end = 0.0
+    for d in draws:
+        t = heapq.heappop(slots) + d
+        heapq.heappush(slots, t)
+        end = max(end, t)
+    return end
+
+
+def steady_rate(arrivals: Sequence[float], lo: float = 0.1, hi: float = 0.9) -> float:
+    """Records/s between the ``lo`` and ``hi`` quantiles of the completion times.
+
+    A stream worker's throughput is what it sustains while it has work; the first
+    records of a fresh start and the drain of the last in-flight ones (a lognormal
+    tail: one 20 s request) are one-time costs, excluded by the window.
+    """
+    times = sorted(arrivals)
+    if len(times) < 10:
+        return 0.0
+    a, b = int(len(times) * lo), int(len(times) * hi) - 1
+    span = times[b] - times[a]
+    return (b - a) / span if span > 0 else 0.0
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def child_env() -> dict[str, str]:
+    """Environment of child processes: the repository importable, no stray overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSYNTH_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def worker_settings(
+    *,
+    bootstrap: str,
+    base_url: str,
+    group: str,
+    input_topic: str,
+    output_topic: str,
+    dlq_topic: str,
+    concurrency: int,
+    prompt: str,
+    system_prompt: str | None,
+    max_tokens: int,
+    metrics_port: int = 0,
+    extra_worker: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A worker configuration (as YAML would hold it) for one custom stage.
+
+    Fixed concurrency (adaptive off) and no cache: the benchmarks measure the
+    pipeline at a stated concurrency, and repeated documents must reach the LLM.
+    """
+    stage: dict[str, Any] = {
+        "task": "custom",
+        "name": "bench",
+        "prompt": prompt,
+        "output_field": "generated",
+        "output_topic": output_topic,
+        "generation": {"max_tokens": max_tokens, "temperature": 0.5, "top_p": 0.9},
+    }
+    if system_prompt:
+        stage["system_prompt"] = system_prompt
+    return {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "input_topic": input_topic,
+            "dlq_topic": dlq_topic,
+            "auto_offset_reset": "earliest",
+            # Tansu answers a JoinGroup after about half the session timeout: a shorter
+            # one makes start-up and rebalances quicker (never inside a measured window).
+            "session_timeout_ms": 6_000,
+            "heartbeat_interval_ms": 500,
+        },
+        "llm": {
+            "base_url": base_url,
+            "model": "sim-model",
+            "max_concurrency": concurrency,
+            "min_concurrency": min(4, concurrency),
+            "adaptive_concurrency": False,
+            "timeout_s": 120.0,
+            "cache": {"kind": "none"},
+        },
+        "stages": [stage],
+        "worker": {"max_inflight_records": max(2_000, 4 * concurrency), **(extra_worker or {})},
+        "metrics": {"enabled": metrics_port > 0, "port": metrics_port, "summary_interval_s": 0},
+        "logging": {"level": "WARNING", "format": "text"},
+    }
+
+
+@dataclass
+class WorkerProcess:
+    """``python -m streamsynth.kafka --config F`` (or any module) as a child process."""
+
+    settings: dict[str, Any]
+    module: str = "streamsynth.kafka"
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    _tmp: Path | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self) -> int:
+        fd, name = tempfile.mkstemp(prefix="bench-worker-", suffix=".yaml")
+        os.close(fd)
+        self._tmp = Path(name)
+        self._tmp.write_text(yaml.safe_dump(self.settings), encoding="utf-8")
+        # Kept open for the child's lifetime (closed in stop()), so no context manager.
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="bench-worker-", suffix=".log", delete=False
+        )
+        cmd = [sys.executable, "-m", self.module, "--config", str(self._tmp), *self.extra_args]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=child_env(), stdout=self._log, stderr=subprocess.STDOUT
+        )
+        return self.proc.pid
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if self._log is None:
+            return ""
+        return Path(self._log.name).read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (graceful drain), SIGKILL after ``timeout_s``; return the exit code.
+
+        ``log_tail()`` is for before this call: a clean exit's log is deleted here.
+        """
+        proc, self.proc = self.proc, None
+        code: int | None = None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        if self._log is not None:
+            self._log.close()
+            if code == 0:  # a failed worker's log is left behind for inspection
+                Path(self._log.name).unlink(missing_ok=True)
+        return code
+
+
+# -- Kafka ------------------------------------------------------------------------------
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[dict[str, Any]],
+    *,
+    partitions: int | None = None,
+) -> int:
+    """Send JSON records (key = id); with ``partitions``, spread them round-robin."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=262_144)
+    await producer.start()
+    sent = 0
+    try:
+        futures = []
+        for rec in records:
+            part = sent % partitions if partitions else None
+            key = str(rec.get("id", sent)).encode()
+            futures.append(await producer.send(topic, orjson.dumps(rec), key=key, partition=part))
+            sent += 1
+            if len(futures) >= 5_000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent
+
+
+@dataclass
+class Watcher:
+    """Counts records arriving on output and DLQ topics, with their times (``time.time()``).
+
+    Started before the documents are produced, from the topics' current ends, so
+    everything it sees belongs to the measured run.
+    """
+
+    bootstrap: str
+    output_topic: str
+    dlq_topic: str
+    arrivals: list[float] = field(default_factory=list)
+    dlq: int = 0
+    _consumer: Any = None
+    _task: asyncio.Task[None] | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self._consumer = AIOKafkaConsumer(
+            self.output_topic,
+            self.dlq_topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
+            now = time.time()
+            for tp, msgs in batches.items():
+                if tp.topic == self.output_topic:
+                    # The worker's produce time (CreateTime, wall clock of this same
+                    # machine), so the watcher's own polling delay is not measured.
+                    self.arrivals.extend(
+                        m.timestamp / 1000 if m.timestamp > 0 else now for m in msgs
+                    )
+                else:
+                    self.dlq += len(msgs)
+            if batches:
+                self._changed.set()
+
+    @property
+    def done(self) -> int:
+        return len(self.arrivals) + self.dlq
+
+    async def wait_for(self, count: int, timeout_s: float) -> bool:
+        """Wait until ``count`` records (outputs + DLQ) were seen; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.done < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
+            if self._task is not None and self._task.done():
+                self._task.result()  # surface a consumer failure
+        return True
+
+    def reset(self) -> None:
+        self.arrivals.clear()
+        self.dlq = 0
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Sum of a group's committed offsets on ``topic`` (read without joining the group)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        total = 0
+        for p in range(partitions):
+            off = await consumer.committed(TopicPartition(topic, p))
+            total += off or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+async def warm_up(
+    bootstrap: str,
+    input_topic: str,
+    watcher: Watcher,
+    *,
+    partitions: int,
+    text: str,
+    timeout_s: float = 60.0,
+) -> float:
+    """One record per partition through the running worker(s); returns the seconds taken.
+
+    Proves the group joined, every partition is assigned and the HTTP path works,
+    so the measured run starts warm.
+    """
+    t0 = time.perf_counter()
+    recs = [{"id": f"warmup-{p}", "text": text} for p in range(partitions)]
+    await produce(bootstrap, input_topic, recs, partitions=partitions)
+    if not await watcher.wait_for(partitions, timeout_s):
+        raise RuntimeError(f"warm-up: {watcher.done}/{partitions} records came back")
+    watcher.reset()
+    return time.perf_counter() - t0
+
+
+PROMPT = (
+    "Rewrite the following passage as clear, factual prose for an encyclopedia. "
+    "Keep every fact and add none.\n\nPassage:\n{document}"
+)
+SYSTEM_PROMPT = "You are an editor who writes plain, accurate text."

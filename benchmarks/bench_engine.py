@@ -1,0 +1,216 @@
+"""Engine throughput: Kafka -> one custom stage (null LLM client) -> Kafka, one worker.
+
+The client answers instantly in-process, so what is measured is the worker's own
+cost per record: fetch, decode, stage, output build, produce with acks=all,
+offset tracking and commits. The broker (embedded Tansu unless
+KAFKA_BOOTSTRAP_SERVERS is set) shares the machine. The goal is 30,000 records/s
+on one core.
+
+Run: ``python -m benchmarks.bench_engine [--records N] [--profile FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import os
+import platform
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from streamsynth.config import Settings, settings_from_dict
+from streamsynth.kafka.worker import StageSpec, Worker
+from streamsynth.llm.types import ChatRequest, ChatResult, Usage
+from streamsynth.metrics.registry import Metrics
+from streamsynth.stages.synthetic import SyntheticStage
+from streamsynth.testing.broker import create_topics, kafka_bootstrap
+
+TARGET_RPS = 30_000.0
+PARTITIONS = 4
+
+
+class NullClient:
+    """An AsyncLLMClient that answers at once with a fixed text."""
+
+    def __init__(self) -> None:
+        self._usage = Usage(prompt_tokens=32, completion_tokens=8)
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        return ChatResult(["a short synthetic answer"], ["stop"], self._usage, request.model)
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class EngineResult:
+    records: int
+    elapsed_s: float
+    records_per_s: float
+    #: Records per CPU-second of this process (the broker's CPU excluded).
+    records_per_cpu_s: float
+    cpu_s: float
+    target_records_per_s: float
+    ratio_to_target: float
+    max_inflight_records: int
+    max_batch_records: int
+    broker: str
+    python: str
+    cpu_count: int | None
+
+
+def bench_settings(bootstrap: str, base: str, *, inflight: int, batch: int) -> Settings:
+    return settings_from_dict(
+        {
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "group_id": f"{base}.group",
+                "input_topic": f"{base}.in",
+                "dlq_topic": f"{base}.dlq",
+                "linger_ms": 5,
+            },
+            "llm": {"base_url": "http://127.0.0.1:9/v1", "model": "null"},
+            "stages": [
+                {
+                    "task": "custom",
+                    "name": "summary",
+                    "prompt": "Summarize:\n\n{document}",
+                    "output_field": "summary",
+                    "output_topic": f"{base}.out",
+                }
+            ],
+            "worker": {
+                "max_batch_records": batch,
+                "max_inflight_records": inflight,
+                "max_batch_wait_ms": 20,
+                "commit_interval_s": 1.0,
+            },
+            "metrics": {"enabled": False},
+        }
+    )
+
+
+async def fill_topic(bootstrap: str, topic: str, n: int) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        text = "Rivers carry sediment from the mountains to the sea, and deltas change shape. "
+        pending = []
+        for i in range(n):
+            value = orjson.dumps({"id": f"doc-{i}", "text": f"{text}{i}"})
+            pending.append(await producer.send(topic, value, key=f"doc-{i}".encode()))
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def produced_total(metrics: Metrics) -> float:
+    total = 0.0
+    for family in metrics.records_produced.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                total += sample.value
+    return total
+
+
+async def run(records: int, *, inflight: int, batch: int, timeout_s: float) -> EngineResult:
+    with kafka_bootstrap() as bootstrap:
+        base = f"bench-{uuid.uuid4().hex[:8]}"
+        settings = bench_settings(bootstrap, base, inflight=inflight, batch=batch)
+        await create_topics(
+            bootstrap, {f"{base}.in": PARTITIONS, f"{base}.out": PARTITIONS, f"{base}.dlq": 1}
+        )
+        await fill_topic(bootstrap, f"{base}.in", records)
+        client = NullClient()
+        stage = SyntheticStage(
+            name="summary",
+            prompt="Summarize:\n\n{document}",
+            output_field="summary",
+            client=client,
+            model_name="null",
+        )
+        metrics = Metrics()
+        worker = Worker(
+            settings, stages=[StageSpec("summary", stage, f"{base}.out")], metrics=metrics
+        )
+        task = asyncio.get_running_loop().create_task(worker.run())
+        try:
+            # The clock starts at the first output, so group join time is not billed.
+            deadline = time.monotonic() + timeout_s
+            # Sampling a counter for a measurement, not synchronising on it.
+            while produced_total(metrics) == 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+            start = time.perf_counter()
+            cpu_start = time.process_time()
+            first = produced_total(metrics)
+            while produced_total(metrics) < records and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
+            done = produced_total(metrics) - first
+        finally:
+            worker.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 30)
+        rps = done / elapsed if elapsed > 0 else 0.0
+        broker_kind = "external" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "embedded"
+        return EngineResult(
+            records=int(done),
+            elapsed_s=round(elapsed, 3),
+            records_per_s=round(rps, 1),
+            records_per_cpu_s=round(done / cpu, 1) if cpu > 0 else 0.0,
+            cpu_s=round(cpu, 3),
+            target_records_per_s=TARGET_RPS,
+            ratio_to_target=round(rps / TARGET_RPS, 3),
+            max_inflight_records=inflight,
+            max_batch_records=batch,
+            broker=broker_kind,
+            python=platform.python_version(),
+            cpu_count=os.cpu_count(),
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--inflight", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--profile", default=None, help="write cProfile stats to this file")
+    parser.add_argument("--out", default="bench-results/engine.json")
+    args = parser.parse_args(argv)
+    coro = run(args.records, inflight=args.inflight, batch=args.batch, timeout_s=args.timeout)
+    if args.profile:
+        profiler = cProfile.Profile()
+        result = profiler.runcall(asyncio.run, coro)
+        profiler.dump_stats(args.profile)
+    else:
+        result = asyncio.run(coro)
+    print(
+        f"engine: {result.records} records in {result.elapsed_s:.2f}s = "
+        f"{result.records_per_s:,.0f} records/s "
+        f"({result.ratio_to_target:.2f}x the {TARGET_RPS:,.0f} records/s goal); "
+        f"{result.records_per_cpu_s:,.0f} records per CPU-second of the worker"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = asdict(result)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

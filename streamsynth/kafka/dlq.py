@@ -1,0 +1,105 @@
+"""Dead-letter records after KIP-1034: the original key and value, error headers.
+
+The value and key bytes are the input's, unchanged, so a fixed pipeline can
+replay the DLQ as it is. The headers say what failed and where:
+
+====================================  ==========================================
+``streamsynth.error.class``           exception type name, or ``BadRecord.<reason>``
+``streamsynth.error.reason``          a short bounded label (metrics use it too)
+``streamsynth.error.message``         truncated, with anything secret-shaped removed
+``streamsynth.error.stage``           the stage that failed (``decode`` for bad input)
+``streamsynth.error.topic``           source topic
+``streamsynth.error.partition``       source partition
+``streamsynth.error.offset``          source offset
+``streamsynth.error.attempts``        LLM attempts spent on the record by that stage
+====================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from streamsynth.kafka.records import BadRecord
+from streamsynth.logging import redact
+
+HEADER_PREFIX: Final = "streamsynth.error."
+#: Messages are cut to this many characters: a header is not a log file.
+MAX_MESSAGE_CHARS: Final = 512
+#: The stage name used for records rejected before any stage ran.
+DECODE_STAGE: Final = "decode"
+
+# Credentials in URLs (user:pass@host) and long opaque tokens (keys, JWTs) that
+# the generic redaction in streamsynth.logging does not catch by shape.
+_URL_USERINFO = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
+_LONG_TOKEN = re.compile(r"\b[A-Za-z0-9_\-]{40,}\b")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
+
+
+def scrub(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to ``limit`` characters with secret-looking parts replaced."""
+    # Cut first (bounded work on huge messages), then scrub, then cut again.
+    text = message[: limit * 2]
+    text = redact(text)
+    text = _URL_USERINFO.sub("[REDACTED]@", text)
+    text = _JWT.sub("[REDACTED]", text)
+    text = _LONG_TOKEN.sub("[REDACTED]", text)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What went wrong with one record in one stage (or before any stage)."""
+
+    error_class: str
+    reason: str
+    message: str
+    stage: str
+    attempts: int = 0
+
+    @classmethod
+    def from_bad_record(cls, bad: BadRecord) -> Failure:
+        return cls(bad.error_class, bad.reason, bad.message, DECODE_STAGE, 0)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, stage: str) -> Failure:
+        return cls(
+            type(exc).__name__,
+            error_reason(exc),
+            str(exc) or type(exc).__name__,
+            stage,
+            int(getattr(exc, "attempts", 0) or 0),
+        )
+
+
+def error_reason(exc: BaseException) -> str:
+    """A bounded label: the LLM/engine ``error_type`` when the class has one, else its name."""
+    label = getattr(type(exc), "error_type", None)
+    if isinstance(label, str) and label:
+        return label
+    return type(exc).__name__
+
+
+def dlq_headers(
+    failure: Failure, *, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """The KIP-1034 headers of a dead-letter record."""
+    fields = (
+        ("class", failure.error_class),
+        ("reason", failure.reason),
+        ("message", scrub(failure.message)),
+        ("stage", failure.stage),
+        ("topic", topic),
+        ("partition", str(partition)),
+        ("offset", str(offset)),
+        ("attempts", str(failure.attempts)),
+    )
+    return [(HEADER_PREFIX + name, value.encode("utf-8", "replace")) for name, value in fields]
+
+
+def header_map(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> dict[str, str]:
+    """Headers as a str dict (for tests and tools reading the DLQ)."""
+    return {k: v.decode("utf-8", "replace") for k, v in headers}

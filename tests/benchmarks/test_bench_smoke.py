@@ -1,0 +1,96 @@
+"""Smoke runs of the end-to-end benchmarks at tiny sizes: they run, and their JSON is sane.
+
+Each run is real (embedded broker, simulator process, worker subprocesses), only
+small and fast. The vs-curator run needs the NeMo Curator venv the benchmark
+creates on first use; it is skipped when that venv does not exist yet (creating it
+takes longer than this file's budget).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks import (
+    _common,
+    bench_llm_bound,
+    bench_memory,
+    bench_scale,
+    bench_vs_curator,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _load(out: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
+    assert data["benchmark"] == name
+    return data
+
+
+def test_llm_bound_smoke(tmp_path: Path) -> None:
+    argv = ["--records", "400", "--concurrency", "16", "--median-s", "0.05", "--p99-s", "0.2"]
+    assert bench_llm_bound.main([*argv, "--max-s", "30", "--out-dir", str(tmp_path)]) == 0
+    r = _load(tmp_path, "llm-bound")
+    assert r["completed"] == 400 and r["dlq"] == 0
+    assert r["simulator_requests"] == 400  # warm-up excluded, no retries
+    assert r["simulator_max_inflight"] <= 16
+    # The draws' mean is close to the analytic lognormal mean (400 samples).
+    assert r["mean_latency_draws_s"] == pytest.approx(r["mean_latency_analytic_s"], rel=0.35)
+    assert 0.3 < r["ratio"] < 1.3
+    assert 0.1 < r["ratio_to_ideal_makespan"] <= 1.05
+
+
+def test_memory_smoke(tmp_path: Path) -> None:
+    argv = ["--checkpoints", "2000,6000", "--max-s", "40", "--out-dir", str(tmp_path)]
+    assert bench_memory.main(argv) == 0
+    r = _load(tmp_path, "memory")
+    assert r["reached_all_checkpoints"] is True
+    assert set(r["checkpoints"]) == {"2000", "6000"}
+    assert r["checkpoints"]["6000"]["committed"] >= 6000
+    assert 20 < r["peak_rss_mb"] < 1000
+    assert isinstance(r["growth"], float)
+
+
+def test_scale_smoke(tmp_path: Path) -> None:
+    argv = ["--max-workers", "2", "--per-worker-records", "150", "--concurrency", "8"]
+    assert bench_scale.main([*argv, "--latency-s", "0.05", "--out-dir", str(tmp_path)]) == 0
+    r = _load(tmp_path, "scale")
+    runs = r["runs"]
+    assert [x["workers"] for x in runs] == [1, 2]
+    assert runs[1]["partition_split"] == [6, 6]
+    assert all(x["completed"] == x["records"] for x in runs)
+    assert runs[0]["ratio"] == pytest.approx(1.0)
+    assert 0.3 < runs[1]["ratio"] < 1.5
+
+
+def test_vs_curator_smoke(tmp_path: Path) -> None:
+    venv = bench_vs_curator.DEFAULT_VENV
+    if not (venv / bench_vs_curator.READY_MARK).is_file():
+        pytest.skip(f"no NeMo Curator venv at {venv}: run 'streamsynth bench vs-curator' once")
+    argv = ["--records", "64", "--batch-sizes", "32", "--passes", "2", "--concurrency", "32"]
+    argv += ["--median-s", "0.02", "--p99-s", "0.1", "--out-dir", str(tmp_path)]
+    assert bench_vs_curator.main(argv) == 0
+    r = _load(tmp_path, "vs-curator")
+    cur = r["curator"]["32"]
+    assert cur["nemo_curator"] == "1.4.0"
+    assert cur["records"] == 64 and cur["batches"] == 2
+    assert cur["records_per_s"] > 0
+    assert r["streamsynth"]["completed"] == 128
+    assert r["ratios"]["32"]["steady"] > 0
+
+
+def test_helpers() -> None:
+    docs = _common.make_documents(3, seed=1)
+    assert docs == _common.make_documents(3, seed=1)  # same set for both sides
+    assert [d["id"] for d in docs] == ["doc-0", "doc-1", "doc-2"]
+    assert _common.lognormal_mean(0.5, 5.0) == pytest.approx(0.816, abs=1e-3)
+    # Two slots, draws 1,1,2: the third starts at t=1 and ends at t=3.
+    assert _common.ideal_makespan([1.0, 1.0, 2.0], 2) == pytest.approx(3.0)
+    assert _common.steady_rate([i / 10 for i in range(100)]) == pytest.approx(10.0)

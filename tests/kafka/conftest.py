@@ -1,0 +1,28 @@
+"""Fixtures of the worker's tests: a real broker and an LLM simulator process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from streamsynth.testing.broker import kafka_bootstrap as _kafka_bootstrap
+from streamsynth.testing.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """KAFKA_BOOTSTRAP_SERVERS, else testcontainers' Kafka, else the embedded Tansu broker."""
+    with _kafka_bootstrap() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def sim_url() -> Iterator[str]:
+    """An LLM simulator in its own process: a few ms per request, no random faults.
+
+    Tests target single records with in-prompt markers ([[sim:500]], [[sim:latency=10]]).
+    """
+    config = SimulatorConfig(latency=LatencyModel(kind="uniform", low_s=0.002, high_s=0.01))
+    with SimulatorProcess(config) as sim:
+        yield sim.base_url
