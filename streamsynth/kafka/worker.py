@@ -51,8 +51,11 @@ from streamsynth.kafka.records import (
 from streamsynth.kafka.sink import OutMessage, Sink, SinkClosedError
 from streamsynth.kafka.source import Source
 from streamsynth.llm.client import AsyncLLMClient, LLMClient
+from streamsynth.llm.probe import wait_until_reachable
 from streamsynth.metrics.health import HealthState
+from streamsynth.metrics.loop_lag import LoopLagMonitor
 from streamsynth.metrics.registry import Metrics
+from streamsynth.metrics.summary import ConsoleSummary
 
 log = logging.getLogger("streamsynth.kafka.worker")
 
@@ -719,6 +722,7 @@ async def arun_worker(
             metrics, health, settings.metrics.host, settings.metrics.port
         )
         log.info("metrics server listening", extra={"port": server.port})
+    background = _start_background(settings, metrics, health)
     try:
         await worker.run()
     except ConfigError as exc:
@@ -729,9 +733,45 @@ async def arun_worker(
         log.error("worker failed", extra={"error": type(exc).__name__, "detail": str(exc)})
         return 1
     finally:
+        await _stop_background(background)
         if server is not None:
             await server.stop()
     return worker.exit_code
+
+
+@dataclass(slots=True)
+class _Background:
+    lag: LoopLagMonitor
+    summary: ConsoleSummary | None
+    probe: asyncio.Task[None]
+
+
+def _start_background(settings: Settings, metrics: Metrics, health: HealthState) -> _Background:
+    """Event-loop lag sampling, the console summary and the LLM readiness probe."""
+    lag = LoopLagMonitor(metrics)
+    lag.start()
+    summary = None
+    if settings.metrics.summary_interval_s > 0:
+        summary = ConsoleSummary(metrics, settings.metrics.summary_interval_s)
+        summary.start()  # prints only when stdout is a terminal
+    try:
+        api_key = settings.llm.resolve_api_key()
+    except ConfigError:
+        api_key = "EMPTY"  # the client reports the real problem on its first request
+    probe = asyncio.get_running_loop().create_task(
+        wait_until_reachable(settings.llm.base_urls, api_key, health.mark_llm_ok),
+        name="streamsynth-llm-probe",
+    )
+    return _Background(lag, summary, probe)
+
+
+async def _stop_background(background: _Background) -> None:
+    background.probe.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await background.probe
+    await background.lag.stop()
+    if background.summary is not None:
+        await background.summary.stop()
 
 
 def run_worker(settings: Settings, *, stop_requested: Callable[[], bool] | None = None) -> int:
