@@ -182,6 +182,14 @@ def write_json(name: str, payload: dict[str, Any], out_dir: Path | None = None) 
     return path
 
 
+def save_result(name: str, args: Any, payload: dict[str, Any]) -> Path:
+    """Write the run's JSON with its parsed arguments as ``params``; print where it went."""
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    path = write_json(name, {"params": params, **payload}, args.out_dir)
+    print(f"wrote {path}")
+    return path
+
+
 # -- latency arithmetic -----------------------------------------------------------------
 
 

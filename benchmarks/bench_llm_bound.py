@@ -179,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = asyncio.run(run(args))
     notes = report(args, result)
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    path = c.write_json(
-        "llm-bound", {"params": params, "goal": GOAL, "notes": notes, **result}, args.out_dir
-    )
-    print(f"wrote {path}")
+    c.save_result("llm-bound", args, {"goal": GOAL, "notes": notes, **result})
     return 0 if result["complete"] else 1
 
 

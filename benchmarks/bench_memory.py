@@ -240,19 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = asyncio.run(run(args))
     summary = report(args, result)
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    path = c.write_json(
-        "memory",
-        {
-            "params": params,
-            "goal_growth": GOAL_GROWTH,
-            "goal_rss_mb": GOAL_RSS_MB,
-            **result,
-            **summary,
-        },
-        args.out_dir,
-    )
-    print(f"wrote {path}")
+    payload = {"goal_growth": GOAL_GROWTH, "goal_rss_mb": GOAL_RSS_MB, **result, **summary}
+    c.save_result("memory", args, payload)
     return 0
 
 

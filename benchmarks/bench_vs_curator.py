@@ -435,15 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     res = asyncio.run(_run(args))
     summary = report(args, res)
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     setup = {
         "venv": str(args.venv),
         "installed": [f"nemo-curator=={CURATOR_VERSION} (--no-deps)", *CURATOR_DEPS],
         "stubbed_modules": STUBBED_MODULES,
     }
-    payload = {"params": params, "curator_setup": setup, **res, **summary}
-    path = c.write_json("vs-curator", payload, args.out_dir)
-    print(f"wrote {path}")
+    c.save_result("vs-curator", args, {"curator_setup": setup, **res, **summary})
     return 0
 
 
