@@ -366,14 +366,16 @@ async def test_two_workers_one_stopped_mid_stream_lose_nothing(
     topics = Topics.make(["summary"])
     await topics.create(kafka_bootstrap)
     n = 2000
-    text = "[[sim:latency=0.02]] record {i} for the group test"
+    # 100 ms per request and 20 in flight: ~200 records/s per worker, so each half takes
+    # ~5 s and the worker stopped after 400 outputs surely leaves work for the survivor.
+    text = "[[sim:latency=0.1]] record {i} for the group test"
     await produce(kafka_bootstrap, topics.input, [doc(i, text.format(i=i)) for i in range(n)])
     cfg = worker_config(
         kafka_bootstrap,
         topics,
         sim_url,
         [custom_stage("summary", topics.outputs["summary"])],
-        worker__max_inflight_records=50,
+        worker__max_inflight_records=20,
     )
     out_topic = topics.outputs["summary"]
     async with TopicReader(kafka_bootstrap, topics.all_outputs()) as reader:
