@@ -278,7 +278,8 @@ async def test_sigterm_mid_stream_loses_and_duplicates_nothing(
     topics = Topics.make(["summary"])
     await topics.create(kafka_bootstrap)
     n = 1500
-    text = "[[sim:latency=0.02]] record {i} for the sigterm test"
+    # 100 ms per request, 64 in flight: ~640 records/s, so 300 outputs is surely mid-stream.
+    text = "[[sim:latency=0.1]] record {i} for the sigterm test"
     await produce(kafka_bootstrap, topics.input, [doc(i, text.format(i=i)) for i in range(n)])
     cfg = worker_config(
         kafka_bootstrap, topics, sim_url, [custom_stage("summary", topics.outputs["summary"])]
