@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka_helpers import Topics, WorkerProcess, custom_stage, worker_config
@@ -23,13 +24,13 @@ def _produce(bootstrap: str, topic: str, n: int) -> None:
     producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     for i in range(n):
         value = json.dumps({"id": f"doc-{i}", "text": f"interop document number {i}"})
-        producer.produce(topic, value=value.encode(), key=f"k{i}".encode(),
-                         headers=[("source", b"librdkafka")])  # fmt: skip
+        headers = [("source", b"librdkafka")]
+        producer.produce(topic, value=value.encode(), key=f"k{i}".encode(), headers=headers)
     producer.produce(topic, value=b"\xff\xfe not utf-8", key=b"bad")
     assert producer.flush(30) == 0
 
 
-def _consume(bootstrap: str, topics: list[str], want: int, timeout_s: float) -> list:  # type: ignore[type-arg]
+def _consume(bootstrap: str, topics: list[str], want: int, timeout_s: float) -> list[Any]:
     consumer = confluent_kafka.Consumer(
         {
             "bootstrap.servers": bootstrap,
