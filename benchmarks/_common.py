@@ -256,18 +256,25 @@ def child_env() -> dict[str, str]:
     return env
 
 
+PROMPT = (
+    "Rewrite the following passage as clear, factual prose for an encyclopedia. "
+    "Keep every fact and add none.\n\nPassage:\n{document}"
+)
+SYSTEM_PROMPT = "You are an editor who writes plain, accurate text."
+
+
 def worker_settings(
     *,
     bootstrap: str,
     base_url: str,
     group: str,
-    input_topic: str,
-    output_topic: str,
-    dlq_topic: str,
     concurrency: int,
-    prompt: str,
-    system_prompt: str | None,
     max_tokens: int,
+    input_topic: str = "docs",
+    output_topic: str = "out",
+    dlq_topic: str = "dlq",
+    prompt: str = PROMPT,
+    system_prompt: str | None = SYSTEM_PROMPT,
     metrics_port: int = 0,
     extra_worker: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -524,10 +531,3 @@ async def warm_up(
         raise RuntimeError(f"warm-up: {watcher.done}/{partitions} records came back")
     watcher.reset()
     return time.perf_counter() - t0
-
-
-PROMPT = (
-    "Rewrite the following passage as clear, factual prose for an encyclopedia. "
-    "Keep every fact and add none.\n\nPassage:\n{document}"
-)
-SYSTEM_PROMPT = "You are an editor who writes plain, accurate text."

@@ -57,12 +57,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 bootstrap=boot,
                 base_url=sim.base_url,
                 group="llm-bound",
-                input_topic="docs",
-                output_topic="out",
-                dlq_topic="dlq",
                 concurrency=args.concurrency,
-                prompt=c.PROMPT,
-                system_prompt=c.SYSTEM_PROMPT,
                 max_tokens=args.max_tokens,
                 metrics_port=free_port(),
             )

@@ -123,12 +123,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             bootstrap=boot,
             base_url="http://127.0.0.1:9/v1",  # never called: the null client answers
             group="memory",
-            input_topic="docs",
-            output_topic="out",
-            dlq_topic="dlq",
             concurrency=args.concurrency,
-            prompt=c.PROMPT,
-            system_prompt=c.SYSTEM_PROMPT,
             max_tokens=256,
         )
         worker = c.WorkerProcess(settings, module="benchmarks.bench_memory", extra_args=["--child"])

@@ -179,7 +179,7 @@ def _curator_child(cfg: dict[str, Any]) -> dict[str, Any]:
         # The clock starts at the first batch: the group join is not billed to Curator.
         t_start = t_start or time.time()
         batch = DocumentBatch(
-            dataset_name="bench", data=pd.DataFrame([json.loads(m.value()) for m in msgs])
+            dataset_name="bench", data=pd.DataFrame([json.loads(m.value() or b"{}") for m in msgs])
         )
         current = _curator_stage(cfg) if fresh else stage
         try:
@@ -293,12 +293,7 @@ async def run_streamsynth(args: argparse.Namespace, docs: list[dict[str, str]]) 
             bootstrap=boot,
             base_url=sim.base_url,
             group="streamsynth",
-            input_topic="docs",
-            output_topic="out",
-            dlq_topic="dlq",
             concurrency=args.concurrency,
-            prompt=c.PROMPT,
-            system_prompt=c.SYSTEM_PROMPT,
             max_tokens=args.max_tokens,
             metrics_port=free_port(),
         )
