@@ -31,7 +31,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from streamsynth.testing.llm_simulator import LatencyModel
+from streamsynth.local.llm_simulator import LatencyModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path("bench-results")

@@ -21,7 +21,7 @@ from streamsynth.llm.client import AsyncLLMClient
 from streamsynth.llm.http_client import AiohttpChatClient
 from streamsynth.llm.openai_client import AsyncOpenAIClient
 from streamsynth.llm.types import ChatRequest, GenerationConfig
-from streamsynth.testing.llm_simulator import SimulatorConfig, SimulatorProcess
+from streamsynth.local.llm_simulator import SimulatorConfig, SimulatorProcess
 
 TARGET_RPS = 2000.0
 PROMPT = (

@@ -32,7 +32,7 @@ from streamsynth.kafka.worker import StageSpec, Worker
 from streamsynth.llm.types import ChatRequest, ChatResult, Usage
 from streamsynth.metrics.registry import Metrics
 from streamsynth.stages.synthetic import SyntheticStage
-from streamsynth.testing.broker import create_topics, kafka_bootstrap
+from streamsynth.local.broker import create_topics, kafka_bootstrap
 
 TARGET_RPS = 30_000.0
 PARTITIONS = 4

@@ -47,7 +47,7 @@ from streamsynth.llm.client import AsyncLLMClient
 from streamsynth.llm.factory import build_llm_client
 from streamsynth.llm.http_client import AiohttpChatClient
 from streamsynth.llm.types import ChatRequest, GenerationConfig
-from streamsynth.testing.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
+from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
 
 TARGET_RPS = 2000.0
 MODEL = "sim-model"

@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks import _common as c
 from streamsynth.llm.types import ChatRequest, ChatResult, Usage
-from streamsynth.testing.broker import EmbeddedBroker, create_topics
+from streamsynth.local.broker import EmbeddedBroker, create_topics
 
 GOAL_GROWTH = 0.10
 GOAL_RSS_MB = 300.0

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _common as c
-from streamsynth.testing.broker import EmbeddedBroker, create_topics, free_port
-from streamsynth.testing.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
+from streamsynth.local.broker import EmbeddedBroker, create_topics, free_port
+from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
 
 GOAL = 0.9
 

@@ -25,7 +25,7 @@ from streamsynth.llm.client import AsyncLLMClient
 from streamsynth.llm.http_client import AiohttpChatClient
 from streamsynth.llm.types import ChatRequest, ChatResult, GenerationConfig
 from streamsynth.stages.synthetic import SyntheticStage
-from streamsynth.testing.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
+from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
 
 PROMPT = "Rewrite the following text in the style of a textbook.\n\nText: {document}"
 

@@ -227,7 +227,7 @@ def ensure_venv(path: Path) -> Path:
 
 
 def _sim_config(args: argparse.Namespace) -> Any:
-    from streamsynth.testing.llm_simulator import LatencyModel, SimulatorConfig
+    from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig
 
     latency = LatencyModel("lognormal", median_s=args.median_s, p99_s=args.p99_s)
     return SimulatorConfig(latency=latency, seed=args.seed)
@@ -238,8 +238,8 @@ async def run_curator(
 ) -> dict[str, Any]:
     """One Curator loop at ``batch_size`` against a fresh broker topic and simulator."""
     from benchmarks import _common as c
-    from streamsynth.testing.broker import EmbeddedBroker, create_topics
-    from streamsynth.testing.llm_simulator import SimulatorProcess
+    from streamsynth.local.broker import EmbeddedBroker, create_topics
+    from streamsynth.local.llm_simulator import SimulatorProcess
 
     script = str(Path(__file__).resolve())  # noqa: ASYNC240  (no I/O: a path computation)
     with EmbeddedBroker() as broker, SimulatorProcess(_sim_config(args)) as sim:
@@ -278,8 +278,8 @@ async def run_curator(
 async def run_streamsynth(args: argparse.Namespace, docs: list[dict[str, str]]) -> dict[str, Any]:
     """The worker over the document set replayed ``passes`` times."""
     from benchmarks import _common as c
-    from streamsynth.testing.broker import EmbeddedBroker, create_topics, free_port
-    from streamsynth.testing.llm_simulator import SimulatorProcess
+    from streamsynth.local.broker import EmbeddedBroker, create_topics, free_port
+    from streamsynth.local.llm_simulator import SimulatorProcess
 
     stream = [
         {"id": f"{d['id']}-p{p}", "text": d["text"]} for p in range(args.passes) for d in docs

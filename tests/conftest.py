@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from streamsynth.testing.llm_simulator import LLMSimulator
+from streamsynth.local.llm_simulator import LLMSimulator
 
 
 # -- LLM simulator (owner: transport/simulator helper) ---------------------------------

@@ -135,7 +135,7 @@ def _check_generates(url: str, proc: subprocess.Popen[bytes], timeout_s: float) 
 
 def start_local_model(workdir: Path, gguf: Path | None = None) -> LLMServer:
     """``python -m llama_cpp.server`` on a free loopback port; raises ModelUnavailable."""
-    from streamsynth.testing.broker import free_port
+    from streamsynth.local.broker import free_port
 
     if importlib.util.find_spec("llama_cpp") is None:
         raise ModelUnavailable("llama-cpp-python is not installed")
@@ -167,7 +167,7 @@ def start_local_model(workdir: Path, gguf: Path | None = None) -> LLMServer:
 
 
 def start_simulator() -> LLMServer:
-    from streamsynth.testing.llm_simulator import (
+    from streamsynth.local.llm_simulator import (
         LatencyModel,
         SimulatorConfig,
         SimulatorProcess,
@@ -368,7 +368,7 @@ async def run_pipeline(
     from streamsynth.config import settings_from_dict
     from streamsynth.kafka.worker import Worker
     from streamsynth.metrics.registry import Metrics
-    from streamsynth.testing.broker import create_topics
+    from streamsynth.local.broker import create_topics
 
     start = time.monotonic()
     deadline = start + timeout_s
@@ -613,7 +613,7 @@ def demo_command(
     """
     if model_path is not None and not model_path.is_file():
         raise CliError(f"--model-path: {model_path} is not a file", USAGE)
-    from streamsynth.testing.broker import EmbeddedBroker
+    from streamsynth.local.broker import EmbeddedBroker
 
     console = Console(highlight=False)
     docs = sample_documents(records)

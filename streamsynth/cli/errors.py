@@ -64,7 +64,7 @@ def _runtime_types() -> tuple[type[BaseException], ...]:
     from aiokafka.errors import KafkaError
 
     from streamsynth.llm.errors import LLMError
-    from streamsynth.testing.broker import BrokerUnavailableError
+    from streamsynth.local.broker import BrokerUnavailableError
 
     return (BrokerUnavailableError, KafkaError, ClientError, LLMError, TimeoutError)
 

@@ -241,7 +241,7 @@ async def _acked(pending: list[asyncio.Future[Any]], bar: Any, task: Any) -> int
 async def _create_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float) -> None:
     from aiokafka.errors import KafkaConnectionError
 
-    from streamsynth.testing.broker import create_topics
+    from streamsynth.local.broker import create_topics
 
     quiet_kafka_logs()
     try:

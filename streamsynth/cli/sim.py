@@ -53,7 +53,7 @@ def llm_sim_command(
     as [[sim:429]] or [[sim:latency=2]] to target one request. Endpoints:
     /v1/chat/completions, /v1/models, /stats, /health.
     """
-    from streamsynth.testing.llm_simulator import (
+    from streamsynth.local.llm_simulator import (
         FaultConfig,
         LatencyModel,
         SimulatorConfig,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from streamsynth.testing.broker import free_port, kafka_bootstrap
+from streamsynth.local.broker import free_port, kafka_bootstrap
 
 
 @pytest.fixture(scope="module")

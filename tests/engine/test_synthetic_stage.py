@@ -24,7 +24,7 @@ from streamsynth.llm import (
 )
 from streamsynth.llm.client import AsyncLLMClient
 from streamsynth.stages.synthetic import SyntheticStage
-from streamsynth.testing.llm_simulator import LLMSimulator, SimulatorProcess
+from streamsynth.local.llm_simulator import LLMSimulator, SimulatorProcess
 
 PROMPT = "Rewrite the following text in plain words.\n\nText: {document}"
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamsynth.testing.broker import kafka_bootstrap as _kafka_bootstrap
-from streamsynth.testing.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
+from streamsynth.local.broker import kafka_bootstrap as _kafka_bootstrap
+from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
 
 
 @pytest.fixture(scope="session")

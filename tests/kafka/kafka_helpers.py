@@ -21,7 +21,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamsynth.kafka.dlq import header_map
-from streamsynth.testing.broker import create_topics
+from streamsynth.local.broker import create_topics
 
 _counter = itertools.count()
 

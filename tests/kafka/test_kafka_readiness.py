@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kafka_helpers import Topics, WorkerProcess, custom_stage, worker_config
 
-from streamsynth.testing.broker import free_port
+from streamsynth.local.broker import free_port
 
 
 def _metrics_port(worker: WorkerProcess, timeout_s: float = 30.0) -> int:

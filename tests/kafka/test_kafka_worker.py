@@ -26,8 +26,8 @@ from kafka_helpers import (
     worker_config,
 )
 
-from streamsynth.testing.broker import EmbeddedBroker, MotoS3Server
-from streamsynth.testing.llm_simulator import (
+from streamsynth.local.broker import EmbeddedBroker, MotoS3Server
+from streamsynth.local.llm_simulator import (
     FaultConfig,
     LatencyModel,
     SimulatorConfig,

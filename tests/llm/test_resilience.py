@@ -26,7 +26,7 @@ from streamsynth.llm.ratelimit import RateLimiter
 from streamsynth.llm.resilient import ResilientClient
 from streamsynth.llm.types import ChatRequest, GenerationConfig, Usage
 from streamsynth.stages.synthetic import SyntheticStage
-from streamsynth.testing.llm_simulator import (
+from streamsynth.local.llm_simulator import (
     FaultConfig,
     LatencyModel,
     LLMSimulator,

@@ -28,7 +28,7 @@ from streamsynth.llm import (
     RateLimitError,
     ServerError,
 )
-from streamsynth.testing.llm_simulator import FaultConfig, LLMSimulator, SimulatorConfig
+from streamsynth.local.llm_simulator import FaultConfig, LLMSimulator, SimulatorConfig
 
 ASYNC_CLIENTS: dict[str, Callable[[str], AsyncLLMClient]] = {
     "aiohttp": lambda url: AiohttpChatClient(url, api_key="k-123", timeout_s=10),

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from promql_helpers import ALERTS, alert_exprs, load_dashboard, panel_exprs, substitute
 
-from streamsynth.testing.broker import EmbeddedBroker, create_topics, free_port
-from streamsynth.testing.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
+from streamsynth.local.broker import EmbeddedBroker, create_topics, free_port
+from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
 
 pytestmark = [
     pytest.mark.integration,

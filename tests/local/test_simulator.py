@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from streamsynth.testing.llm_simulator import (
+from streamsynth.local.llm_simulator import (
     FaultConfig,
     LatencyModel,
     LLMSimulator,
