@@ -76,6 +76,8 @@ class KafkaSettings(_Section):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    #: Password of an encrypted ssl_keyfile.
+    ssl_password: SecretStr | None = None
 
     @model_validator(mode="after")
     def _topics(self) -> KafkaSettings:

@@ -28,7 +28,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
@@ -38,7 +37,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamsynth.config import Settings
-from streamsynth.kafka.source import security_kwargs
+from streamsynth.kafka.connection import KafkaConnection
 
 log = logging.getLogger("streamsynth.kafka.sink")
 
@@ -68,11 +67,10 @@ class OutMessage:
     headers: Headers | None = None
 
 
-def producer_kwargs(settings: Settings) -> dict[str, Any]:
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """The worker's producer settings (the connection part comes from KafkaConnection)."""
     kafka = settings.kafka
-    kwargs: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "client_id": kafka.client_id,
+    return {
         "acks": "all",
         "enable_idempotence": False,
         "linger_ms": kafka.linger_ms,
@@ -83,8 +81,13 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
         # the last word (a rejection is a permanent error handled by the worker).
         "max_request_size": max(kafka.fetch_max_bytes, settings.record.max_record_bytes * 2),
     }
-    kwargs.update(security_kwargs(kafka))
-    return kwargs
+
+
+def producer_kwargs(settings: Settings) -> dict[str, Any]:
+    """Everything the worker's producer is constructed with."""
+    return KafkaConnection.from_settings(settings.kafka).producer_kwargs(
+        **producer_options(settings)
+    )
 
 
 class _OpenBatch:
@@ -110,7 +113,8 @@ class Sink:
         backoff_base_s: float = 0.1,
         backoff_max_s: float = 5.0,
     ) -> None:
-        self.producer = AIOKafkaProducer(**producer_kwargs(settings))
+        connection = KafkaConnection.from_settings(settings.kafka)
+        self.producer = connection.producer(**producer_options(settings))
         self._linger_s = settings.kafka.linger_ms / 1000
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s

@@ -5,9 +5,8 @@ each partition (see :mod:`streamsynth.kafka.offsets`). Rebalance callbacks are
 delegated to the worker, which drains and commits revoked partitions before the
 group moves them.
 
-Lag is ``highwater - committed``: the high watermark arrives with every fetch
-response and is right on every broker we test with, whereas ListOffsets(latest)
-(``end_offsets``) is wrong on Tansu.
+Lag is ``highwater - committed`` (see :mod:`streamsynth.kafka.admin` for why not
+``end_offsets``). The client is built by :mod:`streamsynth.kafka.connection`.
 """
 
 from __future__ import annotations
@@ -16,11 +15,12 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.helpers import create_ssl_context
 
-from streamsynth.config import KafkaSettings, Settings
+from streamsynth.config import Settings
+from streamsynth.kafka.admin import partition_lag
+from streamsynth.kafka.connection import KafkaConnection
 
 log = logging.getLogger("streamsynth.kafka.source")
 
@@ -42,22 +42,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._handler.on_assigned(set(assigned))
 
 
-def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
-    """Connection security options shared by the consumer and the producer."""
-    kwargs: dict[str, Any] = {"security_protocol": kafka.security_protocol}
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = create_ssl_context(
-            cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile
-        )
-    if kafka.security_protocol.startswith("SASL"):
-        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
-        kwargs["sasl_plain_username"] = kafka.sasl_username
-        if kafka.sasl_password is not None:
-            kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
-    return kwargs
-
-
-def consumer_kwargs(settings: Settings) -> dict[str, Any]:
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """The worker's consumer settings (the connection part comes from KafkaConnection)."""
     kafka = settings.kafka
     # The revoke callback drains in-flight records; the group must wait that long for us
     # (Kafka's own clients default the rebalance timeout to max.poll.interval.ms).
@@ -66,10 +52,8 @@ def consumer_kwargs(settings: Settings) -> dict[str, Any]:
     # One record may be as large as the size limit (larger ones are dead-lettered unread,
     # but must still be fetchable).
     partition_fetch = max(1_048_576, settings.record.max_record_bytes + 65_536)
-    kwargs: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
+    return {
         "group_id": kafka.group_id,
-        "client_id": kafka.client_id,
         "group_instance_id": kafka.group_instance_id,
         "enable_auto_commit": False,
         "auto_offset_reset": kafka.auto_offset_reset,
@@ -80,8 +64,13 @@ def consumer_kwargs(settings: Settings) -> dict[str, Any]:
         "fetch_max_bytes": kafka.fetch_max_bytes,
         "max_partition_fetch_bytes": min(kafka.fetch_max_bytes, partition_fetch),
     }
-    kwargs.update(security_kwargs(kafka))
-    return kwargs
+
+
+def consumer_kwargs(settings: Settings) -> dict[str, Any]:
+    """Everything the worker's consumer is constructed with."""
+    return KafkaConnection.from_settings(settings.kafka).consumer_kwargs(
+        **consumer_options(settings)
+    )
 
 
 class Source:
@@ -89,7 +78,8 @@ class Source:
 
     def __init__(self, settings: Settings, handler: RebalanceHandler) -> None:
         self.topics = list(settings.kafka.input_topics)
-        self.consumer = AIOKafkaConsumer(**consumer_kwargs(settings))
+        connection = KafkaConnection.from_settings(settings.kafka)
+        self.consumer = connection.consumer(**consumer_options(settings))
         self._listener = _Listener(handler)
 
     async def start(self) -> None:
@@ -130,7 +120,4 @@ class Source:
 
     def lag(self, tp: TopicPartition, committed: int | None) -> int | None:
         """High watermark minus the committed offset (None until a fetch saw the partition)."""
-        highwater: int | None = self.consumer.highwater(tp)
-        if highwater is None:
-            return None
-        return max(0, highwater - (committed or 0))
+        return partition_lag(self.consumer.highwater(tp), committed)

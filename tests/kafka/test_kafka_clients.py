@@ -1,10 +1,21 @@
-"""Consumer and producer options built from the settings."""
+"""Consumer, producer and admin options built from the settings (no broker needed)."""
 
 from __future__ import annotations
 
+import datetime
+import ssl
+from pathlib import Path
 from typing import Any
 
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pydantic import SecretStr, ValidationError
+
 from streamsynth.config import Settings, settings_from_dict
+from streamsynth.kafka.connection import KafkaConnection
 from streamsynth.kafka.sink import producer_kwargs
 from streamsynth.kafka.source import consumer_kwargs
 
@@ -51,3 +62,111 @@ def test_sasl_credentials_reach_both_clients() -> None:
         assert kw["sasl_plain_username"] == "svc"
         assert kw["sasl_plain_password"] == "s3cret-pw"
     assert "s3cret-pw" not in repr(s)  # the settings never print it
+
+
+# -- KafkaConnection: the one place clients are built ------------------------------------
+def _self_signed(tmp_path: Path, password: bytes | None = None) -> tuple[Path, Path]:
+    """A throwaway certificate and key (generated here: no files checked in, no network)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+    return cert_path, key_path
+
+
+def test_connection_comes_from_the_kafka_section() -> None:
+    s = settings(
+        client_id="svc-1",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="svc",
+        sasl_password="pw-256",
+    )
+    conn = KafkaConnection.from_settings(s.kafka)
+    assert conn.bootstrap_servers == "127.0.0.1:1" and conn.client_id == "svc-1"
+    kwargs = [conn.consumer_kwargs(group_id="g"), conn.producer_kwargs(acks=1), conn.admin_kwargs()]
+    for kw in kwargs:
+        assert kw["sasl_mechanism"] == "SCRAM-SHA-256"
+        assert kw["sasl_plain_username"] == "svc"
+        assert kw["sasl_plain_password"] == "pw-256"
+        assert kw["client_id"] == "svc-1"
+    assert kwargs[0]["group_id"] == "g" and kwargs[1]["acks"] == 1
+    assert "pw-256" not in repr(conn) and "pw-256" not in str(conn.model_dump())
+
+
+def test_plaintext_sends_no_security_options() -> None:
+    kw = KafkaConnection(bootstrap_servers="127.0.0.1:9092").client_kwargs()
+    assert kw == {
+        "bootstrap_servers": "127.0.0.1:9092",
+        "client_id": "streamsynth",
+        "security_protocol": "PLAINTEXT",
+    }
+
+
+def test_sasl_without_credentials_is_refused() -> None:
+    with pytest.raises(ValidationError, match="sasl_mechanism, sasl_username and sasl_password"):
+        KafkaConnection(bootstrap_servers="127.0.0.1:1", security_protocol="SASL_SSL")
+
+
+def test_ssl_files_and_key_password_make_the_tls_context(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path, password=b"key-pw")
+    conn = KafkaConnection(
+        bootstrap_servers="127.0.0.1:1",
+        security_protocol="SSL",
+        ssl_cafile=cert,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+        ssl_password=SecretStr("key-pw"),
+    )
+    context = conn.client_kwargs()["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert len(context.get_ca_certs()) == 1  # our CA, and only it
+    wrong = conn.model_copy(update={"ssl_password": SecretStr("nope")})
+    with pytest.raises(ssl.SSLError):
+        wrong.client_kwargs()  # the key password is really used to open the key
+
+
+async def test_built_clients_carry_the_security_settings(tmp_path: Path) -> None:
+    cert, _ = _self_signed(tmp_path)
+    conn = KafkaConnection(
+        bootstrap_servers="127.0.0.1:1",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="alice",
+        sasl_password=SecretStr("alice-pw"),
+        ssl_cafile=cert,
+    )
+    consumer, producer, admin = conn.consumer(group_id="g"), conn.producer(), conn.admin()
+    try:
+        # Not started: no broker needed. Each client's network layer holds the options.
+        for client in (consumer._client, producer.client, admin._client):
+            assert client._security_protocol == "SASL_SSL"
+            assert client._sasl_mechanism == "PLAIN"
+            assert client._sasl_plain_username == "alice"
+            assert client._sasl_plain_password == "alice-pw"
+            assert isinstance(client._ssl_context, ssl.SSLContext)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await admin.close()
