@@ -7,7 +7,17 @@ from streamsynth.engine.errors import (
     PostProcessingError,
     StageConfigError,
 )
-from streamsynth.engine.pipeline import Pipeline
+from streamsynth.engine.graph import (
+    Condition,
+    GraphError,
+    GraphNode,
+    StageGraph,
+    StageRun,
+    When,
+    evaluate,
+    parse_when,
+)
+from streamsynth.engine.pipeline import STAGE_COLUMN, Pipeline
 from streamsynth.engine.stage import (
     ERROR_COLUMN,
     STAT_COLUMNS,
@@ -21,9 +31,13 @@ from streamsynth.engine.stage import (
 __all__ = [
     "ERROR_COLUMN",
     "SOURCE_COLUMNS",
+    "STAGE_COLUMN",
     "STAT_COLUMNS",
+    "Condition",
     "DocumentBatch",
     "EngineError",
+    "GraphError",
+    "GraphNode",
     "LLMCall",
     "MissingColumnError",
     "Output",
@@ -34,4 +48,9 @@ __all__ = [
     "SourceRef",
     "Stage",
     "StageConfigError",
+    "StageGraph",
+    "StageRun",
+    "When",
+    "evaluate",
+    "parse_when",
 ]
