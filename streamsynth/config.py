@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -26,6 +26,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamsynth.llm.types import GenerationConfig
+
+if TYPE_CHECKING:
+    from streamsynth.engine.graph import StageGraph
 
 NEMOTRON_TASKS = (
     "wikipedia_paraphrasing",
@@ -114,6 +117,8 @@ class CacheSettings(_Section):
     kind: Literal["sqlite", "memory", "none"] = "sqlite"
     path: Path = Path("streamsynth-cache.sqlite3")
     memory_entries: int = Field(default=10_000, ge=0)
+    #: The SQLite file's bound (least recently used answers are evicted beyond it).
+    max_entries: int = Field(default=1_000_000, ge=1)
 
 
 class LLMSettings(_Section):
@@ -214,6 +219,13 @@ class StageSettings(_Section):
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)
     tokenizer: str = "approx"
     seed: int = 0
+    #: Routing: field -> {operator: value} on the input record (or, chained, the upstream
+    #: row); every condition must hold, else the row is skipped for this stage.
+    #: Checked by Settings.stage_graph (streamsynth.engine.graph), which names the field.
+    when: dict[str, Any] | None = None
+    #: Chaining: run on every output row of the named stage instead of the input record
+    #: (input_field then defaults to that stage's output field). One name: no fan-in.
+    input_from: str | list[str] | None = None
 
     @model_validator(mode="after")
     def _custom(self) -> StageSettings:
@@ -288,6 +300,20 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSource(settings_cls))
 
+    def stage_graph(self) -> StageGraph:
+        """The stages' routing and chaining graph; :class:`ConfigError` names a bad field."""
+        # Imported here: the engine pulls in pyarrow, which `streamsynth --help` should not.
+        from streamsynth.engine.graph import GraphError, GraphNode, StageGraph
+
+        nodes = [
+            GraphNode(s.stage_name, s.when, s.input_from, path=f"stages.{i}")
+            for i, s in enumerate(self.stages)
+        ]
+        try:
+            return StageGraph.build(nodes)
+        except GraphError as exc:
+            raise ConfigError(f"invalid configuration:\n  {exc}") from None
+
     @model_validator(mode="after")
     def _unique_stage_names(self) -> Settings:
         seen: set[str] = set()
@@ -313,11 +339,13 @@ def settings_from_dict(data: dict[str, Any]) -> Settings:
     """Validate ``data`` (as read from YAML) with environment overrides applied."""
     token = _file_data.set(data)
     try:
-        return Settings()  # type: ignore[call-arg]  # fields come from the sources
+        settings = Settings()  # type: ignore[call-arg]  # fields come from the sources
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
     finally:
         _file_data.reset(token)
+    settings.stage_graph()  # cycles, unknown upstreams, fan-in, bad conditions
+    return settings
 
 
 def load_settings(path: str | Path) -> Settings:
