@@ -7,7 +7,9 @@ from streamsynth.llm.breaker import CircuitBreaker, CircuitState
 from streamsynth.llm.cache import MemoryCache, ResponseCache, SQLiteCache
 from streamsynth.llm.client import AsyncLLMClient, LLMClient
 from streamsynth.llm.concurrency import AdaptiveLimiter
+from streamsynth.llm.endpoint import Endpoint
 from streamsynth.llm.errors import (
+    AllCircuitsOpenError,
     APIStatusError,
     AuthenticationError,
     BadRequestError,
@@ -27,23 +29,23 @@ from streamsynth.llm.errors import (
     UnprocessableEntityError,
 )
 from streamsynth.llm.factory import build_llm_client
-from streamsynth.llm.http_client import AiohttpChatClient
-from streamsynth.llm.pool import AllCircuitsOpenError, Endpoint, EndpointPool
+from streamsynth.llm.pool import EndpointPool
 from streamsynth.llm.ratelimit import RateLimiter, TokenBucket
 from streamsynth.llm.resilient import ResilientClient
 from streamsynth.llm.retry import RetryPolicy
+from streamsynth.llm.transports.aiohttp import AiohttpChatClient
 from streamsynth.llm.types import ChatRequest, ChatResult, GenerationConfig, Message, Usage
 
 if TYPE_CHECKING:
-    from streamsynth.llm.openai_client import AsyncOpenAIClient, OpenAIClient
+    from streamsynth.llm.transports.openai import AsyncOpenAIClient, OpenAIClient
 
 
 def __getattr__(name: str) -> Any:
     # The openai SDK takes 1-2 s to import: load it only for users of the SDK clients.
     if name in ("AsyncOpenAIClient", "OpenAIClient"):
-        from streamsynth.llm import openai_client
+        from streamsynth.llm.transports import openai
 
-        return getattr(openai_client, name)
+        return getattr(openai, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,9 +1,9 @@
 """The client protocols every stage talks to.
 
 A client takes a :class:`ChatRequest` and returns a :class:`ChatResult` or raises
-an :class:`~streamsynth.llm.errors.LLMError`. Wrappers (concurrency, retries,
-rate limits, cache) implement the same protocol, so stages never change when
-the stack around the transport does.
+an :class:`~streamsynth.llm.errors.LLMError`. The transports (one attempt each)
+and :class:`~streamsynth.llm.resilient.ResilientClient` (limits, retries, cache)
+implement the same protocol, so a stage runs unchanged on either, or on a test double.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """The exception hierarchy of the LLM layer.
 
 Retry decisions are made from these types (and the HTTP status they carry),
-never from message text. ``retryable`` is a class attribute so that a wrapper
-can decide without ``isinstance`` chains.
+never from message text. ``retryable`` is a class attribute so that the retry
+loop can decide without ``isinstance`` chains.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 
@@ -61,6 +62,14 @@ class CircuitOpenError(LLMError):
     error_type = "circuit_open"
 
 
+class AllCircuitsOpenError(CircuitOpenError):
+    """Every endpoint's circuit is open; ``reopens_at`` is the earliest reopening (clock time)."""
+
+    def __init__(self, message: str, *, reopens_at: float) -> None:
+        super().__init__(message)
+        self.reopens_at = reopens_at
+
+
 class APIStatusError(LLMError):
     """The server answered with a non-2xx status."""
 
@@ -84,6 +93,17 @@ class APIStatusError(LLMError):
 
 class BadRequestError(APIStatusError):
     error_type = "http_400"
+
+
+class ContextLengthError(BadRequestError):
+    """The prompt plus ``max_tokens`` does not fit the model's context.
+
+    Raised before sending, by a stage's context guard (``attempts == 0``, no status
+    from a server: ``status_code`` 400 stands for what the server would answer), or
+    for a server's 400 that says so. Never retried: the same request cannot fit later.
+    """
+
+    error_type = "context_length"
 
 
 class AuthenticationError(APIStatusError):
@@ -152,6 +172,23 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+#: How servers word a context overflow in a 400: OpenAI ("maximum context length",
+#: code context_length_exceeded), vLLM ("maximum context length" / "maximum model
+#: length"), llama.cpp ("exceeds the available context size"), TGI ("must be <= N").
+#: A status code alone cannot tell it from other bad requests, so the text decides
+#: here -- the one place the LLM layer classifies by message, and only within 400s.
+_CONTEXT_LENGTH_RE = re.compile(
+    r"context[_ ]length|maximum model length|context size|context window"
+    r"|max_new_tokens. must be <=|too many tokens",
+    re.IGNORECASE,
+)
+
+
+def is_context_length_message(message: str) -> bool:
+    """True when a 400's message says the request does not fit the model's context."""
+    return _CONTEXT_LENGTH_RE.search(message) is not None
+
+
 def status_error(
     status_code: int,
     message: str,
@@ -162,6 +199,8 @@ def status_error(
     """Build the typed error for an HTTP status."""
     headers = dict(headers or {})
     cls = _BY_STATUS.get(status_code)
+    if status_code == 400 and is_context_length_message(message):
+        cls = ContextLengthError
     if cls is None:
         cls = ServerError if status_code >= 500 else APIStatusError
     retryable_default = cls.retryable

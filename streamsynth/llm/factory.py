@@ -17,8 +17,9 @@ from streamsynth.llm.breaker import CircuitBreaker
 from streamsynth.llm.cache import MemoryCache, ResponseCache, SQLiteCache
 from streamsynth.llm.client import AsyncLLMClient
 from streamsynth.llm.concurrency import AdaptiveLimiter
+from streamsynth.llm.endpoint import Endpoint
 from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
-from streamsynth.llm.pool import Endpoint, EndpointPool
+from streamsynth.llm.pool import EndpointPool
 from streamsynth.llm.ratelimit import RateLimiter
 from streamsynth.llm.resilient import ResilientClient
 from streamsynth.llm.retry import RetryPolicy
@@ -32,7 +33,7 @@ __all__ = ["build_cache", "build_llm_client", "build_transport"]
 def build_transport(settings: LLMSettings, base_url: str, api_key: str) -> AsyncLLMClient:
     """The raw, single-attempt client for one base URL."""
     if settings.transport == "openai":
-        from streamsynth.llm.openai_client import AsyncOpenAIClient  # the SDK import is slow
+        from streamsynth.llm.transports.openai import AsyncOpenAIClient  # the SDK import is slow
 
         return AsyncOpenAIClient(
             base_url,
@@ -40,7 +41,7 @@ def build_transport(settings: LLMSettings, base_url: str, api_key: str) -> Async
             timeout_s=settings.timeout_s,
             max_connections=settings.max_concurrency,
         )
-    from streamsynth.llm.http_client import AiohttpChatClient
+    from streamsynth.llm.transports.aiohttp import AiohttpChatClient
 
     return AiohttpChatClient(
         base_url,
@@ -51,14 +52,21 @@ def build_transport(settings: LLMSettings, base_url: str, api_key: str) -> Async
 
 
 def build_cache(
-    settings: LLMSettings, path_override: str | Path | None = None
+    settings: LLMSettings,
+    path_override: str | Path | None = None,
+    observer: LLMObserver | None = None,
 ) -> ResponseCache | None:
     cache = settings.cache
     if cache.kind == "none":
         return None
     if cache.kind == "memory":
-        return MemoryCache(cache.memory_entries)
-    return SQLiteCache(path_override or cache.path, memory_entries=cache.memory_entries)
+        return MemoryCache(cache.memory_entries, observer=observer)
+    return SQLiteCache(
+        path_override or cache.path,
+        memory_entries=cache.memory_entries,
+        max_entries=cache.max_entries,
+        observer=observer,
+    )
 
 
 def build_endpoint(
@@ -112,7 +120,7 @@ def build_llm_client(
     return ResilientClient(
         pool,
         policy=policy,
-        cache=build_cache(settings, cache_path_override),
+        cache=build_cache(settings, cache_path_override, observer),
         accounting=Accounting(settings.prices),
         observer=observer,
         timeout_s=settings.timeout_s,

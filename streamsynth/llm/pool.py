@@ -11,36 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-from streamsynth.llm.breaker import CircuitBreaker, CircuitState
-from streamsynth.llm.client import AsyncLLMClient
-from streamsynth.llm.concurrency import AdaptiveLimiter
-from streamsynth.llm.errors import CircuitOpenError
-from streamsynth.llm.ratelimit import RateLimiter
+from streamsynth.llm.endpoint import Endpoint
+from streamsynth.llm.errors import AllCircuitsOpenError
 
-
-@dataclass(eq=False)
-class Endpoint:
-    """One base URL with its transport and its own limits and health."""
-
-    url: str
-    transport: AsyncLLMClient
-    limiter: AdaptiveLimiter
-    breaker: CircuitBreaker
-    rate: RateLimiter
-    cooldown_until: float = field(default=float("-inf"))
-
-
-class AllCircuitsOpenError(CircuitOpenError):
-    """Every endpoint's circuit is open; ``reopens_at`` is the earliest reopening (clock time)."""
-
-    def __init__(self, message: str, *, reopens_at: float) -> None:
-        super().__init__(message)
-        self.reopens_at = reopens_at
+__all__ = ["AllCircuitsOpenError", "Endpoint", "EndpointPool"]
 
 
 class EndpointPool:
+    """Routing only: which endpoint takes the next attempt (each endpoint keeps its own state)."""
+
     def __init__(
         self,
         endpoints: Sequence[Endpoint],
@@ -58,27 +38,27 @@ class EndpointPool:
     def choose(self, avoid: Endpoint | None = None) -> Endpoint:
         """The endpoint for the next attempt (its circuit notified of the dispatch)."""
         single = self._single
-        if single is not None and single.breaker.available():
+        if single is not None and single.admits():
             # The common deployment: skip the ranking entirely.
-            single.breaker.on_dispatch()
+            single.dispatched()
             return single
         now = self._clock()
         best: Endpoint | None = None
         best_rank: tuple[int, float] | None = None
         for ep in self.endpoints:
-            if not ep.breaker.available(now):
+            if not ep.admits(now):
                 continue
             # Rank: healthy before cooling/avoided, then by load.
-            penalty = int(ep is avoid) + int(now < ep.cooldown_until)
-            rank = (penalty, ep.limiter.load())
+            penalty = int(ep is avoid) + int(ep.cooling(now))
+            rank = (penalty, ep.load())
             if best_rank is None or rank < best_rank:
                 best, best_rank = ep, rank
         if best is None:
-            reopens = min(ep.breaker.reopens_at() for ep in self.endpoints)
+            reopens = min(ep.reopens_at() for ep in self.endpoints)
             raise AllCircuitsOpenError(
                 f"all {len(self.endpoints)} endpoint circuits are open", reopens_at=reopens
             )
-        best.breaker.on_dispatch()
+        best.dispatched()
         return best
 
     def still_suitable(self, endpoint: Endpoint) -> bool:
@@ -89,27 +69,26 @@ class EndpointPool:
         """
         if self._single is not None:
             return True
-        if endpoint.breaker.state is CircuitState.OPEN:
+        if endpoint.circuit_open():
             return False
         now = self._clock()
-        if now >= endpoint.cooldown_until:
+        if not endpoint.cooling(now):
             return True
         # Cooling down: fine only if no other endpoint is healthy and not cooling.
         return not any(
-            ep is not endpoint and now >= ep.cooldown_until and ep.breaker.available(now)
-            for ep in self.endpoints
+            ep is not endpoint and not ep.cooling(now) and ep.admits(now) for ep in self.endpoints
         )
 
     def cool_down(self, endpoint: Endpoint) -> None:
         if len(self.endpoints) > 1 and self.cooldown_s > 0:
-            endpoint.cooldown_until = self._clock() + self.cooldown_s
+            endpoint.cool_down(self._clock() + self.cooldown_s)
 
     def concurrency_limit(self) -> int:
-        return sum(ep.limiter.limit for ep in self.endpoints)
+        return sum(ep.concurrency_limit for ep in self.endpoints)
 
     def inflight(self) -> int:
-        return sum(ep.limiter.inflight for ep in self.endpoints)
+        return sum(ep.inflight for ep in self.endpoints)
 
     async def aclose(self) -> None:
         for ep in self.endpoints:
-            await ep.transport.aclose()
+            await ep.aclose()

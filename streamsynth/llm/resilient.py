@@ -1,14 +1,12 @@
-"""ResilientClient: the stack every stage talks to, behind the plain client protocol.
+"""ResilientClient: the one LLM client every stage talks to, behind the plain client protocol.
 
 Per logical request::
 
     cache lookup (deterministic requests only)
     retry loop, bounded by max_attempts and the request's deadline:
         pick an endpoint (circuit admits it; least loaded; not the one that just failed)
-        reserve its RPM/TPM budget (wait if in debt)
-        take one of its concurrency slots          <- held for this attempt only
-        one HTTP attempt through the transport
-        give the slot back; feed the outcome to AIMD, breaker, rate limiter
+        one attempt on it (llm/endpoint.py: budget, slot held for this attempt only,
+            send, feedback to AIMD, breaker and rate limiter, or undo if never sent)
         on a retryable failure: sleep (full jitter, >= Retry-After), slot-free
     account tokens and cost, store in the cache, report the operation
 
@@ -27,26 +25,16 @@ from collections.abc import Awaitable, Callable
 
 from streamsynth.llm.accounting import Accounting
 from streamsynth.llm.cache import ResponseCache
-from streamsynth.llm.errors import APIStatusError, DeadlineExceededError, LLMError
+from streamsynth.llm.endpoint import AttemptStatus, Endpoint
+from streamsynth.llm.errors import AllCircuitsOpenError, DeadlineExceededError, LLMError
 from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
-from streamsynth.llm.pool import AllCircuitsOpenError, Endpoint, EndpointPool
-from streamsynth.llm.ratelimit import NO_RESERVATION, Reservation, estimate_tokens
-from streamsynth.llm.retry import RetryPolicy, is_overload
+from streamsynth.llm.pool import EndpointPool
+from streamsynth.llm.retry import RetryPolicy
 from streamsynth.llm.types import ChatRequest, ChatResult
 
 #: Shortest wait before re-asking a pool whose circuits are all open (no busy loop
 #: while another request's half-open probe is in flight).
 _MIN_CIRCUIT_WAIT_S = 0.05
-
-
-class _NotSent(Exception):
-    """The attempt ended before reaching the server: with ``error`` (fatal, e.g. the
-    deadline passed while waiting for budget or a slot) or without (the endpoint went
-    bad while this attempt queued for its slot: choose again)."""
-
-    def __init__(self, error: LLMError | None = None) -> None:
-        super().__init__()
-        self.error = error
 
 
 class ResilientClient:
@@ -192,32 +180,57 @@ class ResilientClient:
             except AllCircuitsOpenError as exc:
                 await self._wait_for_circuit(request, exc, attempts, deadline)
                 continue
-            attempts += 1
-            try:
-                result = await self._attempt(endpoint, request, deadline)
-            except _NotSent as not_sent:
-                attempts -= 1  # nothing reached the server
-                if not_sent.error is None:
-                    continue
-                not_sent.error.attempts = attempts
-                raise not_sent.error from None
-            except LLMError as exc:
-                exc.attempts = attempts
-                exc.endpoint = exc.endpoint or endpoint.url
-                if not policy.should_retry(exc, attempts):
-                    raise
-                delay = policy.delay_s(attempts, exc)
-                if self._clock() + delay >= deadline:
-                    raise self._deadline_error(request, endpoint.url, attempts) from exc
-                self._observer.on_retry(
-                    stage=request.stage, model=request.model, reason=exc.error_type
-                )
-                avoid = endpoint
-                await self._sleep(delay)
+            outcome = await self._attempt(endpoint, request, deadline, attempts)
+            if outcome is None:  # not sent: the endpoint went bad while we queued for it
                 continue
-            result.attempts = attempts
-            result.latency_s = time.perf_counter() - start
-            return result
+            attempts += 1
+            if isinstance(outcome, ChatResult):
+                outcome.attempts = attempts
+                outcome.latency_s = time.perf_counter() - start
+                return outcome
+            outcome.attempts = attempts
+            outcome.endpoint = outcome.endpoint or endpoint.url
+            if not policy.should_retry(outcome, attempts):
+                raise outcome
+            delay = policy.delay_s(attempts, outcome)
+            if self._clock() + delay >= deadline:
+                raise self._deadline_error(request, endpoint.url, attempts) from outcome
+            self._observer.on_retry(
+                stage=request.stage, model=request.model, reason=outcome.error_type
+            )
+            avoid = endpoint
+            await self._sleep(delay)
+
+    async def _attempt(
+        self, endpoint: Endpoint, request: ChatRequest, deadline: float, attempts: int
+    ) -> ChatResult | LLMError | None:
+        """One attempt on ``endpoint``: its result, or the error it ended with.
+
+        None when it was not sent because another endpoint should be chosen. Raises a
+        deadline error (``attempts``: those made so far) when the deadline passes
+        before it can be sent.
+        """
+        async with endpoint.attempt(
+            request, deadline=deadline, clock=self._clock, sleep=self._sleep
+        ) as attempt:
+            if attempt.status is AttemptStatus.OUT_OF_TIME:
+                raise self._deadline_error(request, endpoint.url, attempts)
+            if attempt.queued and not self.pool.still_suitable(endpoint):
+                return None
+            try:
+                result = await attempt.send(self._bounded(request, deadline))
+            except LLMError as exc:
+                self._report_attempt(request, endpoint, exc.error_type)
+                if exc.retryable:
+                    self.pool.cool_down(endpoint)
+                return exc
+        self._report_attempt(request, endpoint, "ok")
+        return result
+
+    def _report_attempt(self, request: ChatRequest, endpoint: Endpoint, status: str) -> None:
+        self._observer.on_attempt(
+            stage=request.stage, model=request.model, endpoint=endpoint.url, status=status
+        )
 
     async def _wait_for_circuit(
         self, request: ChatRequest, exc: AllCircuitsOpenError, attempts: int, deadline: float
@@ -240,68 +253,6 @@ class ResilientClient:
             endpoint=endpoint,
         )
 
-    async def _attempt(self, ep: Endpoint, request: ChatRequest, deadline: float) -> ChatResult:
-        """One HTTP attempt on ``ep``: budget, slot, send, and feedback to the controls."""
-        reservation = NO_RESERVATION
-        if ep.rate.active:
-            reservation = ep.rate.reserve(estimate_tokens(request))
-            if reservation.wait_s > 0:
-                await self._wait_budget(ep, reservation, request, deadline)
-        try:
-            if ep.limiter.try_acquire():
-                started = self._clock()
-            else:
-                async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
-                    started = await ep.limiter.acquire()
-                if not self.pool.still_suitable(ep):
-                    ep.limiter.release()
-                    self._abandon(ep, reservation)
-                    raise _NotSent()
-        except TimeoutError:
-            self._abandon(ep, reservation)
-            raise _NotSent(self._deadline_error(request, ep.url)) from None
-        except BaseException:
-            self._abandon(ep, reservation)
-            raise
-        try:
-            result = await ep.transport.chat(self._bounded(request, deadline))
-        except LLMError as exc:
-            ep.limiter.release()
-            self._attempt_failed(ep, exc, started, reservation, request)
-            raise
-        except BaseException:
-            ep.limiter.release()
-            self._abandon(ep, reservation)
-            raise
-        ep.limiter.release()
-        ep.limiter.on_success()
-        ep.breaker.on_success()
-        if ep.rate.active:
-            ep.rate.observe(result.headers)
-            ep.rate.settle(reservation, result.usage.total_tokens)
-        self._observer.on_attempt(
-            stage=request.stage, model=request.model, endpoint=ep.url, status="ok"
-        )
-        return result
-
-    async def _wait_budget(
-        self, ep: Endpoint, reservation: Reservation, request: ChatRequest, deadline: float
-    ) -> None:
-        if self._clock() + reservation.wait_s >= deadline:
-            self._abandon(ep, reservation)
-            raise _NotSent(self._deadline_error(request, ep.url))
-        try:
-            await self._sleep(reservation.wait_s)
-        except BaseException:
-            self._abandon(ep, reservation)
-            raise
-
-    def _abandon(self, ep: Endpoint, reservation: Reservation) -> None:
-        """The attempt never reached the server: undo its reservation and probe claim."""
-        ep.breaker.on_abandoned()
-        if reservation is not NO_RESERVATION:
-            ep.rate.cancel(reservation)
-
     def _bounded(self, request: ChatRequest, deadline: float) -> ChatRequest:
         """The request with its attempt timeout cut to what is left of the deadline."""
         remaining = deadline - self._clock()
@@ -309,27 +260,3 @@ class ResilientClient:
         if remaining >= timeout:
             return request
         return dataclasses.replace(request, timeout_s=max(remaining, 0.001))
-
-    def _attempt_failed(
-        self,
-        ep: Endpoint,
-        exc: LLMError,
-        started: float,
-        reservation: Reservation,
-        request: ChatRequest,
-    ) -> None:
-        self._observer.on_attempt(
-            stage=request.stage, model=request.model, endpoint=ep.url, status=exc.error_type
-        )
-        if exc.retryable:
-            ep.breaker.on_failure()
-            self.pool.cool_down(ep)
-            if is_overload(exc):
-                ep.limiter.on_overload(started)
-        else:
-            # The server answered (400, 401, ...): it is alive, whatever it thinks of us.
-            ep.breaker.on_success()
-        if ep.rate.active:
-            ep.rate.cancel(reservation)
-            if isinstance(exc, APIStatusError):
-                ep.rate.observe(exc.headers)

@@ -1,7 +1,7 @@
-"""Value types shared by every LLM client, wrapper and stage.
+"""Value types shared by every LLM client, transport and stage.
 
-A stage builds a :class:`ChatRequest`; a client (or a stack of wrappers around one)
-turns it into a :class:`ChatResult`. Nothing here performs I/O.
+A stage builds a :class:`ChatRequest`; a client (the resilient client, or a bare
+transport) turns it into a :class:`ChatResult`. Nothing here performs I/O.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class GenerationConfig(BaseModel):
     top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    #: OpenAI's ``response_format`` (``{"type": "json_object"}`` or ``{"type": "json_schema",
+    #: "json_schema": {...}}``), sent unchanged; vLLM, NIM and llama.cpp accept it too.
+    response_format: dict[str, Any] | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -65,6 +68,8 @@ class GenerationConfig(BaseModel):
             body["top_p"] = self.top_p
         if self.top_k is not None and self.top_k > 0:
             body["top_k"] = self.top_k
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
         body.update(self.extra_body)
         return body
 
@@ -85,17 +90,22 @@ class ChatRequest:
         body.update(self.config.request_fields())
         return body
 
-    def cache_key(self) -> str:
-        """A stable digest of what determines the answer: model, messages, generation config."""
+    def fingerprint(self) -> str:
+        """A stable digest of what determines the answer: model, messages and the parameters
+        sent (exactly the body, so two configs that send the same request share it)."""
         payload = orjson.dumps(
             {
                 "model": self.model,
                 "messages": list(self.messages),
-                "config": self.config.model_dump(mode="json"),
+                "parameters": self.config.request_fields(),
             },
             option=orjson.OPT_SORT_KEYS,
         )
         return hashlib.sha256(payload).hexdigest()
+
+    def cache_key(self) -> str:
+        """The response cache's key: the request's :meth:`fingerprint`."""
+        return self.fingerprint()
 
     def prompt_chars(self) -> int:
         return sum(len(m["content"]) for m in self.messages)
@@ -105,6 +115,8 @@ class ChatRequest:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: ``usage.prompt_tokens_details.cached_tokens`` when the server sends it (prefix cache).
+    cached_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -128,6 +140,8 @@ class ChatResult:
     cached: bool = False
     endpoint: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: The request this answers, as actually sent (set by the stage; read for lineage).
+    request: ChatRequest | None = None
 
     @property
     def text(self) -> str:
