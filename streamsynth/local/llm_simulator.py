@@ -173,6 +173,8 @@ class _Directives:
     latency_s: float | None = None
     reply: str | None = None
     finish: str | None = None
+    json_mode: str | None = None  # see _json_answer
+    context_length: bool = False
 
 
 def _parse_markers(text: str, default_retry_after: float | None) -> _Directives:
@@ -184,6 +186,10 @@ def _parse_markers(text: str, default_retry_after: float | None) -> _Directives:
             out.latency_s = float(raw[len("latency=") :])
         elif raw.startswith("finish="):
             out.finish = raw[len("finish=") :]
+        elif raw.startswith("json="):
+            out.json_mode = raw[len("json=") :]
+        elif raw == "context_length":
+            out.context_length = True
         elif raw.startswith("fail_first="):
             count, _, status = raw[len("fail_first=") :].partition(":")
             out.fail_first = (int(count), int(status or 503))
@@ -243,6 +249,89 @@ def _truncate(text: str, max_tokens: int) -> tuple[str, bool]:
             end = match.end()
             return text[:end], end < len(text.rstrip())
     return text, False
+
+
+# -- JSON answers (helper G: structured output) -----------------------------------------
+# A request with ``response_format`` gets JSON: any object for ``json_object``, a value
+# built to satisfy ``json_schema.schema`` otherwise. Markers make it misbehave on purpose:
+#   [[sim:json=invalid]]             never valid JSON
+#   [[sim:json=invalid_then_valid]]  invalid until the conversation holds an assistant
+#                                    turn (i.e. valid on the client's re-ask)
+#   [[sim:json=wrong_shape]]         valid JSON that breaks the schema
+#   [[sim:context_length]]           a vLLM-style 400 "maximum context length" error
+
+_INVALID_JSON = '{"answer": "this object never ends'
+_CONTEXT_LENGTH_MESSAGE = (
+    "This model's maximum context length is 4096 tokens. However, you requested more "
+    "tokens than that. Please reduce the length of the messages or completion."
+)
+
+
+def _wants_json(body: dict[str, Any]) -> bool:
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
+def _json_answer(body: dict[str, Any], mode: str | None, rng: random.Random) -> str:
+    """The JSON text answering a ``response_format`` request (see the markers above)."""
+    has_assistant = any(
+        isinstance(m, dict) and m.get("role") == "assistant" for m in body.get("messages", [])
+    )
+    if mode == "invalid" or (mode == "invalid_then_valid" and not has_assistant):
+        return _INVALID_JSON
+    fmt = body["response_format"]
+    schema: Any = {"type": "object"}
+    if fmt.get("type") == "json_schema" and isinstance(fmt.get("json_schema"), dict):
+        schema = fmt["json_schema"].get("schema") or schema
+    if mode == "wrong_shape":
+        # An array where an object is asked for; for a schema asking an array, an object.
+        wrong: Any = {"unexpected": True} if schema.get("type") == "array" else [42]
+        return orjson.dumps(wrong).decode()
+    return orjson.dumps(_schema_value(schema, rng, 0)).decode()
+
+
+def _schema_value(schema: Any, rng: random.Random, depth: int) -> Any:
+    """A value valid against the common subset of JSON Schema that structured outputs use."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return rng.choice(schema["enum"])
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return _schema_value(schema[key][0], rng, depth + 1)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: _schema_value(sub, rng, depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        count = max(int(schema.get("minItems", 1)), 1)
+        count = min(count, int(schema.get("maxItems", count)))
+        return [_schema_value(schema.get("items", {}), rng, depth + 1) for _ in range(count)]
+    if kind in ("integer", "number"):
+        low = _bound(schema, "minimum", "exclusiveMinimum", 0.0)
+        high = _bound(schema, "maximum", "exclusiveMaximum", low + 100)
+        value = rng.randint(math.ceil(low) + 1, max(math.ceil(low) + 1, math.floor(high) - 1))
+        return value if kind == "integer" else float(value)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    words = " ".join(rng.choices(_FALLBACK_WORDS, k=3))
+    low_len = int(schema.get("minLength", 0))
+    text = (words + " " + words * (low_len // max(len(words), 1) + 1))[: max(low_len, len(words))]
+    return text[: int(schema.get("maxLength", len(text)))]
+
+
+def _bound(schema: dict[str, Any], inclusive: str, exclusive: str, default: float) -> float:
+    for key in (inclusive, exclusive):
+        value = schema.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+    return default
 
 
 # -- the server ------------------------------------------------------------------------
@@ -485,6 +574,8 @@ class LLMSimulator:
         """The error a marker asks for, if any (checked before any limit or latency)."""
         if marks is None:
             return None
+        if marks.context_length:
+            return self._error(400, _CONTEXT_LENGTH_MESSAGE)
         if marks.status is not None and marks.status >= 400:
             headers = _retry_after(marks.retry_after_s) if marks.status == 429 else None
             return self._error(marks.status, f"simulated HTTP {marks.status}", headers)
@@ -538,6 +629,8 @@ class LLMSimulator:
         for index in range(n):
             if marks is not None and marks.reply is not None:
                 text, truncated = marks.reply, False
+            elif _wants_json(body):
+                text, truncated = _json_answer(body, marks.json_mode if marks else None, rng), False
             else:
                 if pool is None:
                     pool = _word_pool(prompt)
