@@ -146,6 +146,23 @@ class LLMSettings(_Section):
     endpoint_cooldown_s: float = Field(default=10.0, ge=0)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    #: The model's context in tokens (one number, or per model name): turns on the
+    #: guard that shrinks max_tokens to fit, or dead-letters what cannot fit unsent.
+    context_tokens: int | dict[str, int] | None = None
+
+    @field_validator("context_tokens")
+    @classmethod
+    def _positive_context(cls, value: int | dict[str, int] | None) -> Any:
+        sizes = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        if any(size < 1 for size in sizes):
+            raise ValueError("context_tokens must be >= 1")
+        return value
+
+    def context_for(self, model: str) -> int | None:
+        """The context of ``model`` (None: no guard for it)."""
+        if isinstance(self.context_tokens, dict):
+            return self.context_tokens.get(model)
+        return self.context_tokens
 
     @model_validator(mode="after")
     def _endpoints(self) -> LLMSettings:
@@ -226,6 +243,15 @@ class StageSettings(_Section):
     #: Chaining: run on every output row of the named stage instead of the input record
     #: (input_field then defaults to that stage's output field). One name: no fan-in.
     input_from: str | list[str] | None = None
+    #: Structured answers (custom stages): OpenAI's response_format, sent unchanged; the
+    #: answer is parsed and validated against it, re-asked up to parse_retries times.
+    response_format: dict[str, Any] | None = None
+    parse_retries: int = Field(default=2, ge=0)
+    #: An answer cut at max_tokens: keep it, filter it or dead-letter it. Unset: custom
+    #: stages keep it; Nemotron-CC tasks apply Curator's own truncation filter.
+    on_truncated: Literal["keep", "filter", "dlq"] | None = None
+    #: The context guard's floor: fewer answer tokens than this left -> not sent.
+    min_output_tokens: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _custom(self) -> StageSettings:
@@ -236,11 +262,38 @@ class StageSettings(_Section):
                 raise ValueError("'prompt' must contain the {document} placeholder")
             if not self.output_field:
                 raise ValueError("a custom stage needs 'output_field'")
+        if self.response_format is not None:
+            if self.task != "custom":
+                raise ValueError("response_format is for custom stages only")
+            check_response_format(self.response_format)
         return self
 
     @property
     def stage_name(self) -> str:
         return self.name or (self.output_field if self.task == "custom" else self.task) or "custom"
+
+
+def check_response_format(value: dict[str, Any]) -> None:
+    """Raise ValueError unless ``value`` is one of OpenAI's response_format shapes."""
+    kind = value.get("type")
+    if kind in ("text", "json_object"):
+        return
+    if kind != "json_schema":
+        raise ValueError("response_format.type must be json_object, json_schema or text")
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ValueError("response_format.json_schema needs a 'name' (and a 'schema')")
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise ValueError("response_format.json_schema.schema must be a JSON Schema object")
+    if not isinstance(spec.get("strict", False), bool):
+        raise ValueError("response_format.json_schema.strict must be true or false")
+    from jsonschema import SchemaError, validators  # only configs with a schema pay for it
+
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"response_format.json_schema.schema is invalid: {exc.message}") from None
 
 
 class WorkerSettings(_Section):

@@ -40,6 +40,12 @@ class LLMObserver:
     def on_cache(self, *, stage: str, model: str, hit: bool) -> None:
         """A cache lookup hit or missed."""
 
+    def on_cache_size(self, *, entries: int) -> None:
+        """The response cache now holds ``entries`` answers (on disk for SQLite)."""
+
+    def on_cache_evictions(self, *, count: int) -> None:
+        """The response cache dropped ``count`` answers to stay within its bound."""
+
     def on_cost(self, *, stage: str, model: str, usd: float) -> None:
         """Money spent by one request, from the configured prices."""
 

@@ -85,6 +85,16 @@ class Metrics:
             "streamsynth_llm_cache_misses", "Cache lookups that went to the endpoint.",
             ["stage", "model"], registry=r,
         )  # fmt: skip
+        self.llm_cache_entries = Gauge(
+            "streamsynth_llm_cache_entries",
+            "Answers in the response cache (on disk for sqlite); bounded by its max entries.",
+            registry=r,
+        )  # fmt: skip
+        self.llm_cache_evictions = Counter(
+            "streamsynth_llm_cache_evictions",
+            "Answers the response cache dropped (least recently used) to stay within its bound.",
+            registry=r,
+        )  # fmt: skip
         self.llm_cost = Counter(
             "streamsynth_llm_cost_usd", "Money spent, from the configured per-model prices.",
             ["stage", "model"], registry=r,
@@ -116,6 +126,11 @@ class Metrics:
         self.records_filtered = Counter(
             "streamsynth_records_filtered", "Records a stage's filters dropped on purpose.",
             ["stage", "reason"], registry=r,
+        )  # fmt: skip
+        self.records_skipped = Counter(
+            "streamsynth_records_skipped",
+            "Rows a stage's `when:` routed past it (finished for it, published nowhere).",
+            ["stage"], registry=r,
         )  # fmt: skip
         self.records_dlq = Counter(
             "streamsynth_records_dlq", "Records sent to the dead-letter topic.",
@@ -217,6 +232,12 @@ class PrometheusLLMObserver(LLMObserver):
 
     def on_cache(self, *, stage: str, model: str, hit: bool) -> None:
         (self.m.llm_cache_hits if hit else self.m.llm_cache_misses).labels(stage, model).inc()
+
+    def on_cache_size(self, *, entries: int) -> None:
+        self.m.llm_cache_entries.set(entries)
+
+    def on_cache_evictions(self, *, count: int) -> None:
+        self.m.llm_cache_evictions.inc(count)
 
     def on_cost(self, *, stage: str, model: str, usd: float) -> None:
         self.m.llm_cost.labels(stage, model).inc(usd)
