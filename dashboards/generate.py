@@ -60,20 +60,22 @@ class Layout:
         self.next_id += 1
         return self.next_id - 1
 
-    def row(self, title: str) -> None:
+    def row(self, title: str, *, repeat: str | None = None) -> None:
         if self.x:
             self.y += 8
             self.x = 0
-        self.panels.append(
-            {
-                "type": "row",
-                "id": self._id(),
-                "title": title,
-                "collapsed": False,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
-                "panels": [],
-            }
-        )
+        row: dict[str, Any] = {
+            "type": "row",
+            "id": self._id(),
+            "title": title,
+            "collapsed": False,
+            "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
+            "panels": [],
+        }
+        if repeat is not None:
+            # Grafana repeats the row (and its panels) once per selected value of the variable.
+            row["repeat"] = repeat
+        self.panels.append(row)
         self.y += 1
 
     def panel(
@@ -170,6 +172,40 @@ def red_row(lay: Layout) -> None:
         [(f"sum by (instance) (streamsynth_inflight_records{{{SEL}}})", "{{instance}}")],
         "short",
         "Fetched and not yet finished; partitions pause above worker.max_inflight_records.",
+    )
+
+
+def stage_rows(lay: Layout) -> None:
+    """One row per stage of the graph: where the rows it received went."""
+    lay.row("Stage $stage", repeat="stage")
+    stage_rate = _rate("streamsynth_stage_duration_seconds_count", SEL_STAGE, "stage")
+    skipped = _rate("streamsynth_records_skipped_total", SEL_STAGE, "stage")
+    outcomes = [
+        (_rate("streamsynth_records_produced_total", SEL_STAGE, "stage"), "produced"),
+        (_or_zero(skipped, stage_rate), "skipped (when)"),
+        (_or_zero(_rate("streamsynth_records_filtered_total", SEL_STAGE, "stage"), stage_rate),
+         "filtered"),
+        (_or_zero(_rate("streamsynth_records_dlq_total", SEL_STAGE, "stage"), stage_rate), "dlq"),
+    ]  # fmt: skip
+    lay.panel(
+        "Rows / s: produced, skipped, filtered, DLQ",
+        outcomes,
+        "reqps",
+        "What became of the rows the stage received: outputs, skipped by its when:, "
+        "dropped by its filters, dead-lettered.",
+        stack=True,
+    )
+    lay.panel(
+        "Rows skipped by when: / s",
+        [(_or_zero(skipped, stage_rate), "{{stage}}")],
+        "reqps",
+        "Rows routed past the stage by its when: conditions (finished, published nowhere).",
+    )
+    lay.panel(
+        "Stage duration p50 / p95 / p99 (this stage)",
+        _quantiles("streamsynth_stage_duration_seconds", SEL_STAGE, "stage"),
+        "s",
+        "Time this stage spends on one row it received, LLM calls included.",
     )
 
 
@@ -359,6 +395,7 @@ def _query_var(name: str, label: str, query: str) -> dict[str, Any]:
 def dashboard() -> dict[str, Any]:
     lay = Layout()
     red_row(lay)
+    stage_rows(lay)
     llm_row(lay)
     kafka_row(lay)
     process_row(lay)
@@ -392,7 +429,9 @@ def dashboard() -> dict[str, Any]:
                 _query_var(
                     "stage",
                     "Stage",
-                    'label_values(streamsynth_stage_duration_seconds_count{job=~"$job"}, stage)',
+                    # A stage whose when: skips every row never runs: list skipped ones too.
+                    'label_values({__name__=~"streamsynth_stage_duration_seconds_count'
+                    '|streamsynth_records_skipped_total", job=~"$job"}, stage)',
                 ),
                 _query_var(
                     "model",

@@ -11,12 +11,23 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client.metrics import MetricWrapperBase
 from rich.console import Console
 
 from streamsynth.metrics.registry import Metrics
+
+
+@dataclass(frozen=True)
+class StageTotals:
+    """What became of the rows one stage received, cumulative."""
+
+    stage: str
+    produced: float = 0.0
+    skipped: float = 0.0
+    filtered: float = 0.0
+    dlq: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,8 @@ class Snapshot:
     llm_errors: float = 0.0
     cost_usd: float = 0.0
     inflight: float = 0.0
+    #: Per stage of the graph (only stages with a non-zero total): shown at the line's end.
+    stages: tuple[StageTotals, ...] = field(default=(), compare=False)
 
 
 def _sum(
@@ -49,6 +62,36 @@ def _sum(
     return total
 
 
+def _by_stage(instrument: MetricWrapperBase) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for family in instrument.collect():
+        for sample in family.samples:
+            if sample.name == family.name + "_total":
+                stage = sample.labels.get("stage", "")
+                totals[stage] = totals.get(stage, 0.0) + sample.value
+    return totals
+
+
+def stage_totals(metrics: Metrics) -> tuple[StageTotals, ...]:
+    """Produced, skipped, filtered and dead-lettered rows per stage, by stage name."""
+    m = metrics
+    produced = _by_stage(m.records_produced)
+    skipped = _by_stage(m.records_skipped)
+    filtered = _by_stage(m.records_filtered)
+    dlq = _by_stage(m.records_dlq)
+    names = sorted({*produced, *skipped, *filtered, *dlq})
+    return tuple(
+        StageTotals(
+            name,
+            produced.get(name, 0.0),
+            skipped.get(name, 0.0),
+            filtered.get(name, 0.0),
+            dlq.get(name, 0.0),
+        )
+        for name in names
+    )
+
+
 def take_snapshot(metrics: Metrics, at: float | None = None) -> Snapshot:
     m = metrics
     return Snapshot(
@@ -63,6 +106,7 @@ def take_snapshot(metrics: Metrics, at: float | None = None) -> Snapshot:
         llm_errors=_sum(m.gen_ai_duration, "_count", lambda lb: lb.get("error_type", "") != ""),
         cost_usd=_sum(m.llm_cost, "_total"),
         inflight=_sum(m.inflight_records),
+        stages=stage_totals(m),
     )
 
 
@@ -96,7 +140,16 @@ def format_summary(prev: Snapshot, cur: Snapshot) -> str:
         f"llm errors {_human(cur.llm_errors)} (+{_human(new_errors)})",
         f"cost ${cur.cost_usd:.4f}",
     ]
+    if cur.stages:
+        parts.append("stages " + "; ".join(_stage_part(t) for t in cur.stages))
     return " | ".join(parts)
+
+
+def _stage_part(t: StageTotals) -> str:
+    return (
+        f"{t.stage} out {_human(t.produced)} skip {_human(t.skipped)}"
+        f" filt {_human(t.filtered)} dlq {_human(t.dlq)}"
+    )
 
 
 def is_interactive(stream: object = None) -> bool:

@@ -46,7 +46,9 @@ def test_variables() -> None:
 def test_rows_and_required_panels() -> None:
     dash = load_dashboard()
     rows = [p["title"] for p in dash["panels"] if p["type"] == "row"]
-    assert rows == ["Throughput and errors per stage (RED)", "LLM", "Kafka", "Process"]
+    assert rows == [
+        "Throughput and errors per stage (RED)", "Stage $stage", "LLM", "Kafka", "Process",
+    ]  # fmt: skip
     titles = " | ".join(p["title"] for p in panels(dash)).lower()
     required = (
         "p50 / p95 / p99, tokens / s, 429, concurrency limit, cache hit, cost per hour, "
@@ -55,6 +57,21 @@ def test_rows_and_required_panels() -> None:
     )
     for needle in required.split(", "):
         assert needle in titles, needle
+
+
+def test_a_row_per_stage_shows_produced_skipped_filtered_dlq() -> None:
+    dash = load_dashboard()
+    [row] = [p for p in dash["panels"] if p["type"] == "row" and p.get("repeat")]
+    assert row["repeat"] == "stage"
+    start = dash["panels"].index(row)
+    end = next(
+        i for i, p in enumerate(dash["panels"][start + 1 :], start + 1) if p["type"] == "row"
+    )
+    exprs = " ".join(t["expr"] for p in dash["panels"][start + 1 : end] for t in p["targets"])
+    for metric in ("produced", "skipped", "filtered", "dlq"):
+        assert f"streamsynth_records_{metric}_total" in exprs, metric
+    stage_var = next(v for v in dash["templating"]["list"] if v["name"] == "stage")
+    assert "streamsynth_records_skipped_total" in stage_var["query"]["query"]
 
 
 def test_every_query_uses_exported_metrics_and_the_variables() -> None:
