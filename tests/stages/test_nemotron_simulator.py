@@ -51,7 +51,7 @@ async def test_task_produces_outputs_through_the_simulator(
     assert outcome.calls and outcome.calls[0].completion_tokens > 0
     [body] = list(llm_sim.last_requests)
     assert (body["temperature"], body["top_p"], body["max_tokens"]) == (
-        0.5, 0.9, spec.max_output_tokens,
+        0.5, 0.9, spec.sampling.max_tokens,
     )  # fmt: skip
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
 

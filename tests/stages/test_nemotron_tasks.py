@@ -113,8 +113,7 @@ def good_reply(task: str) -> Replier:
 
 
 def make(task: str, reply: Replier, **kwargs: Any) -> tuple[NemotronCCStage, FakeClient]:
-    cls = TASKS[task]
-    template = str(kwargs.get("prompt") or cls.prompt)
+    template = str(kwargs.get("prompt") or TASK_SPECS[task].prompt)
     client = FakeClient(reply, template)
     return build_task_stage(task, client=client, model_name="fake-model", **kwargs), client
 
@@ -157,8 +156,10 @@ def test_task_budgets() -> None:
 @pytest.mark.parametrize("task", list(TASKS))
 def test_default_generation_config(task: str) -> None:
     stage, _ = make(task, good_reply(task))
+    # The tutorial's settings: max_tokens 1600 for the high-quality tasks, 512 for Wikipedia.
+    max_tokens = 512 if task == "wikipedia_paraphrasing" else 1600
     assert stage.generation_config == GenerationConfig(
-        temperature=0.5, top_p=0.9, max_tokens=TASK_SPECS[task].max_output_tokens, stop=None
+        temperature=0.5, top_p=0.9, max_tokens=max_tokens, stop=["</s>"]
     )
     assert isinstance(stage.tokenizer, ApproxTokenizer)
 

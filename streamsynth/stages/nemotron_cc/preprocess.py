@@ -10,8 +10,12 @@ The chain, applied to each document in this order (NeMo Curator's
    token per join, stays within the budget (a dropped line does not break adjacency);
 5. drop segments under ``min_segment_tokens``.
 
-One addition: a segment made only of whitespace (blank lines whose joins add up to
-the minimum) is dropped too; it would cost a request for nothing.
+The segment budget is what the prompt leaves of the task's input limit
+(:func:`segment_budget`), as in Curator's tutorial and the Nemotron-CC paper.
+
+One addition (``drop_blank_segments``, the ``blank_segment`` fix): a segment made
+only of whitespace (blank lines whose joins add up to the minimum) is dropped too;
+it would cost a request for nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from streamsynth.stages.nemotron_cc.tokenizer import Tokenizer
 LINE_SEPARATOR = "\n"
 #: What one join costs against the budget (NeMo counts len(separator)).
 JOIN_TOKENS = len(LINE_SEPARATOR)
+#: Curator's safety margin between prompt + segment and the input limit.
+BUDGET_MARGIN = 2
 
 
 class FilterReason(StrEnum):
@@ -95,6 +101,19 @@ def _segment(index: int, lines: Sequence[str], tokens: int) -> Segment:
     return Segment(index, LINE_SEPARATOR.join(lines), tokens)
 
 
+def segment_budget(
+    max_input_tokens: int, tokenizer: Tokenizer, system_prompt: str | None, template: str
+) -> int:
+    """The largest segment: the input limit less the prompt and a 2-token margin.
+
+    The prompt is counted as Curator's tutorial counts it: the system prompt, "\n"
+    and the user template, placeholder included (its ``{text}`` replacement does not
+    match our ``{document}``; we keep the count identical).
+    """
+    prefix = f"{system_prompt}\n{template}" if system_prompt else template
+    return max_input_tokens - tokenizer.count(prefix) - BUDGET_MARGIN
+
+
 def preprocess_document(
     text: str,
     tokenizer: Tokenizer,
@@ -103,6 +122,7 @@ def preprocess_document(
     max_segment_tokens: int,
     min_segment_tokens: int,
     max_document_tokens: int | None = None,
+    drop_blank_segments: bool = True,
 ) -> Preprocessed:
     """Apply the whole chain to one document; segments are re-numbered from 0 in order."""
     document_tokens = tokenizer.count(text)
@@ -111,7 +131,11 @@ def preprocess_document(
     if max_document_tokens is not None and document_tokens > max_document_tokens:
         return Preprocessed(filtered=FilterReason.DOCUMENT_TOO_LONG)
     joined = join_lines(split_lines(text, tokenizer), max_segment_tokens)
-    kept = [s for s in joined if s.tokens >= min_segment_tokens and s.text.strip()]
+    kept = [
+        s
+        for s in joined
+        if s.tokens >= min_segment_tokens and (s.text.strip() or not drop_blank_segments)
+    ]
     if not kept:
         return Preprocessed(filtered=FilterReason.NO_SEGMENTS)
     return Preprocessed(tuple(Segment(i, s.text, s.tokens) for i, s in enumerate(kept)))

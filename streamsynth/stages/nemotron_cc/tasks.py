@@ -17,9 +17,8 @@ import asyncio
 import hashlib
 import logging
 import random
-from abc import abstractmethod
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -28,14 +27,17 @@ from streamsynth.engine.stage import LLMCall, Output, RecordOutcome
 from streamsynth.llm.client import AsyncLLMClient, LLMClient
 from streamsynth.llm.types import ChatResult, GenerationConfig
 from streamsynth.stages.nemotron_cc import prompts
+from streamsynth.stages.nemotron_cc.compat import ALL_FIXES, CuratorCompat, Fix, fixes_for
 from streamsynth.stages.nemotron_cc.postprocess import (
     Dropped,
     PostResult,
+    Rules,
+    TaskPostprocess,
     at_least,
-    postprocess_diverse_qa,
-    postprocess_extract_knowledge,
-    postprocess_knowledge_list,
-    postprocess_paraphrase,
+    diverse_qa_chain,
+    extract_knowledge_chain,
+    knowledge_list_chain,
+    paraphrase_chain,
     rejoin_segments,
 )
 from streamsynth.stages.nemotron_cc.preprocess import (
@@ -43,6 +45,7 @@ from streamsynth.stages.nemotron_cc.preprocess import (
     Preprocessed,
     Segment,
     preprocess_document,
+    segment_budget,
 )
 from streamsynth.stages.nemotron_cc.tokenizer import ApproxTokenizer, Tokenizer, load_tokenizer
 from streamsynth.stages.synthetic import SyntheticStage, call_of, calls_of_error
@@ -54,14 +57,32 @@ SEGMENT_INDEX = "segment_index"
 
 
 @dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """The budgets of one task, in tokens (NeMo Curator's Nemotron-CC task configs).
+class Sampling:
+    """The generation settings of NeMo Curator's tutorial for one task."""
 
-    ``max_input_tokens`` is the segment budget; ``truncation_tokens`` (the output
-    budget minus 2) is the longest answer not treated as truncated.
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One Nemotron-CC task as data: prompts, budgets (tokens), post-processing, sampling.
+
+    ``max_input_tokens`` bounds prompt + segment (the segment budget is what the
+    prompt leaves of it, :func:`segment_budget`); ``truncation_tokens`` (the output
+    budget minus 2) is the longest answer not treated as truncated;
+    ``min_output_tokens`` applies to each kept output (to the re-joined document for
+    a ``document``-unit task). ``class_name`` and ``stage_name`` are NeMo Curator's
+    class and stage ``name`` for the task.
     """
 
     task: str
+    class_name: str
+    stage_name: str
+    system_prompt: str
+    prompt: str
     output_field: str
     min_document_tokens: int
     min_segment_tokens: int
@@ -71,79 +92,133 @@ class TaskSpec:
     min_output_tokens: int
     prefix: str | None
     unit: Literal["document", "segment"]
+    postprocess: TaskPostprocess
+    sampling: Sampling
     max_document_tokens: int | None = None
 
+
+# The tutorial's sampling: temperature 0.5, top_p 0.9; max_tokens 1600 for the four
+# high-quality tasks (its GENERATION_CONFIG, not the per-task output budgets, which it
+# declares but never uses) and 512 for Wikipedia (the low-quality script). Its stop
+# list is the literal string "['</s>']"; ``fixes`` sends the list it means.
+_HQ = Sampling(temperature=0.5, top_p=0.9, max_tokens=1600, stop=("</s>",))
+_LQ = Sampling(temperature=0.5, top_p=0.9, max_tokens=512, stop=("</s>",))
+#: The stop string exactly as the tutorial sends it (``curator_compat: exact``).
+TUTORIAL_STOP = "['</s>']"
 
 # Token budgets as NeMo Curator's Nemotron-CC tutorial configures them; every truncation
 # threshold is the output budget minus 2.
 TASK_SPECS: dict[str, TaskSpec] = {
-    "wikipedia_paraphrasing": TaskSpec(
-        task="wikipedia_paraphrasing",
-        output_field="rephrased",
-        min_document_tokens=5,
-        min_segment_tokens=5,
-        max_input_tokens=512,
-        max_output_tokens=512,
-        truncation_tokens=510,
-        min_output_tokens=50,
-        prefix=prompts.WIKIPEDIA_PREFIX,
-        unit="document",
-    ),
-    "diverse_qa": TaskSpec(
-        task="diverse_qa",
-        output_field="diverse_qa",
-        min_document_tokens=30,
-        min_segment_tokens=30,
-        max_input_tokens=1000,
-        max_output_tokens=600,
-        truncation_tokens=598,
-        min_output_tokens=100,
-        prefix=prompts.DIVERSE_QA_PREFIX,
-        unit="segment",
-    ),
-    "distill": TaskSpec(
-        task="distill",
-        output_field="distill",
-        min_document_tokens=30,
-        min_segment_tokens=10,
-        max_input_tokens=2000,
-        max_output_tokens=1600,
-        truncation_tokens=1598,
-        min_output_tokens=50,
-        prefix=prompts.DISTILL_PREFIX,
-        unit="segment",
-    ),
-    "extract_knowledge": TaskSpec(
-        task="extract_knowledge",
-        output_field="extract_knowledge",
-        min_document_tokens=30,
-        min_segment_tokens=30,
-        max_input_tokens=1400,
-        max_output_tokens=1400,
-        truncation_tokens=1398,
-        min_output_tokens=50,
-        prefix=None,
-        unit="segment",
-    ),
-    "knowledge_list": TaskSpec(
-        task="knowledge_list",
-        output_field="knowledge_list",
-        min_document_tokens=30,
-        min_segment_tokens=30,
-        max_input_tokens=1000,
-        max_output_tokens=600,
-        truncation_tokens=598,
-        min_output_tokens=50,
-        prefix=None,
-        unit="segment",
-    ),
+    spec.task: spec
+    for spec in (
+        TaskSpec(
+            task="wikipedia_paraphrasing",
+            class_name="WikipediaParaphrasingStage",
+            stage_name="WikipediaParaphrasing",
+            system_prompt=prompts.SYSTEM_PROMPT,
+            prompt=prompts.WIKIPEDIA_PARAPHRASING_PROMPT,
+            output_field="rephrased",
+            min_document_tokens=5,
+            min_segment_tokens=5,
+            max_input_tokens=512,
+            max_output_tokens=512,
+            truncation_tokens=510,
+            min_output_tokens=50,
+            prefix=prompts.WIKIPEDIA_PREFIX,
+            unit="document",
+            postprocess=paraphrase_chain,
+            sampling=_LQ,
+        ),
+        TaskSpec(
+            task="diverse_qa",
+            class_name="DiverseQAStage",
+            stage_name="DiverseQA",
+            system_prompt=prompts.SYSTEM_PROMPT,
+            prompt=prompts.DIVERSE_QA_PROMPT,
+            output_field="diverse_qa",
+            min_document_tokens=30,
+            min_segment_tokens=30,
+            max_input_tokens=1000,
+            max_output_tokens=600,
+            truncation_tokens=598,
+            min_output_tokens=100,
+            prefix=prompts.DIVERSE_QA_PREFIX,
+            unit="segment",
+            postprocess=diverse_qa_chain,
+            sampling=_HQ,
+        ),
+        TaskSpec(
+            task="distill",
+            class_name="DistillStage",
+            stage_name="Distill",
+            system_prompt=prompts.DISTILL_SYSTEM_PROMPT,
+            prompt=prompts.DISTILL_PROMPT,
+            output_field="distill",
+            min_document_tokens=30,
+            min_segment_tokens=10,
+            max_input_tokens=2000,
+            max_output_tokens=1600,
+            truncation_tokens=1598,
+            min_output_tokens=50,
+            prefix=prompts.DISTILL_PREFIX,
+            unit="segment",
+            postprocess=paraphrase_chain,
+            sampling=_HQ,
+        ),
+        TaskSpec(
+            task="extract_knowledge",
+            class_name="ExtractKnowledgeStage",
+            stage_name="ExtractKnowledge",
+            system_prompt=prompts.SYSTEM_PROMPT,
+            prompt=prompts.EXTRACT_KNOWLEDGE_PROMPT,
+            output_field="extract_knowledge",
+            min_document_tokens=30,
+            min_segment_tokens=30,
+            max_input_tokens=1400,
+            max_output_tokens=1400,
+            truncation_tokens=1398,
+            min_output_tokens=50,
+            prefix=None,
+            unit="segment",
+            postprocess=extract_knowledge_chain,
+            sampling=_HQ,
+        ),
+        TaskSpec(
+            task="knowledge_list",
+            class_name="KnowledgeListStage",
+            stage_name="KnowledgeList",
+            system_prompt=prompts.SYSTEM_PROMPT,
+            prompt=prompts.KNOWLEDGE_LIST_PROMPT,
+            output_field="knowledge_list",
+            min_document_tokens=30,
+            min_segment_tokens=30,
+            max_input_tokens=1000,
+            max_output_tokens=600,
+            truncation_tokens=598,
+            min_output_tokens=50,
+            prefix=None,
+            unit="segment",
+            postprocess=knowledge_list_chain,
+            sampling=_HQ,
+        ),
+    )
 }
+#: The task names, in the tutorial's order: the config's ``task`` values (and "custom").
+TASK_NAMES: tuple[str, ...] = tuple(TASK_SPECS)
 
 
-def default_generation_config(spec: TaskSpec) -> GenerationConfig:
-    """The Nemotron-CC sampling parameters, capped at the task's output budget."""
+def default_generation_config(
+    spec: TaskSpec, fixes: Collection[Fix] = ALL_FIXES
+) -> GenerationConfig:
+    """The tutorial's sampling for ``spec`` (without the ``stop_list`` fix: its stop
+    string exactly as it sends it)."""
+    sampling = spec.sampling
+    stop = list(sampling.stop) if Fix.STOP_LIST in fixes else [TUTORIAL_STOP]
     return GenerationConfig(
-        temperature=0.5, top_p=0.9, max_tokens=spec.max_output_tokens, stop=None
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        stop=stop,
     )
 
 
@@ -158,19 +233,56 @@ class _Generation:
 
 @dataclass
 class NemotronCCStage(SyntheticStage):
-    """Base of the five tasks: segmenting, per-segment requests, post-processing."""
+    """Base of the five tasks: segmenting, per-segment requests, post-processing.
+
+    Everything task-specific comes from the class's :class:`TaskSpec`; unset prompts,
+    output field and name take the spec's. ``fixes`` is what ``curator_compat``
+    selects (:func:`~streamsynth.stages.nemotron_cc.compat.fixes_for`).
+    """
 
     spec: ClassVar[TaskSpec]
 
+    output_field: str = ""
+    name: str = ""
     tokenizer: Tokenizer = field(default_factory=ApproxTokenizer)
     #: Seeds DiverseQA's pair sampling, per record, from this and the record's id/text.
     seed: int = 0
+    #: The record field whose value identifies a document (``record.id_field``).
+    id_field: str = "id"
+    fixes: frozenset[Fix] = ALL_FIXES
+    #: The largest segment: what the prompt leaves of the task's ``max_input_tokens``.
+    segment_budget: int = field(init=False, default=0)
+    rules: Rules = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        spec = self.spec
+        if self.system_prompt is None:
+            self.system_prompt = spec.system_prompt
+        if self.prompt is None:
+            self.prompt = spec.prompt
+        self.output_field = self.output_field or spec.output_field
+        self.name = self.name or spec.stage_name
+        self.fixes = frozenset(self.fixes)
         if self.generation_config is None:
-            self.generation_config = default_generation_config(self.spec)
+            self.generation_config = default_generation_config(spec, self.fixes)
         super().__post_init__()
-        prefix = self.spec.prefix
+        self.segment_budget = segment_budget(
+            spec.max_input_tokens, self.tokenizer, self.system_prompt, self.prompt
+        )
+        if self.segment_budget < spec.min_segment_tokens:
+            raise StageConfigError(
+                f"stage {self.name!r}: the prompt leaves {self.segment_budget} of "
+                f"{spec.max_input_tokens} input tokens for a segment, under the task's "
+                f"minimum segment of {spec.min_segment_tokens}"
+            )
+        self.rules = Rules(
+            tokenizer=self.tokenizer,
+            max_tokens=spec.truncation_tokens,
+            min_tokens=None if spec.unit == "document" else spec.min_output_tokens,
+            prefix=spec.prefix,
+            fixes=self.fixes,
+        )
+        prefix = spec.prefix
         if prefix is not None and self.prompt is not None and prefix not in self.prompt:
             # Every answer without the prefix is dropped: a custom prompt must ask for it.
             logger.warning(
@@ -182,26 +294,31 @@ class NemotronCCStage(SyntheticStage):
             return [self.output_field, SEGMENT_INDEX]
         return [self.output_field]
 
-    # -- the three steps ---------------------------------------------------------------
+    # -- the three steps (public: what a user debugging a drop calls) --------------------
     def preprocess(self, document: str) -> Preprocessed:
+        """The segments ``document`` is sent as, or why it has none."""
         return preprocess_document(
             document,
             self.tokenizer,
             min_document_tokens=self.spec.min_document_tokens,
             max_document_tokens=self.spec.max_document_tokens,
-            max_segment_tokens=self.spec.max_input_tokens,
+            max_segment_tokens=self.segment_budget,
             min_segment_tokens=self.spec.min_segment_tokens,
+            drop_blank_segments=Fix.BLANK_SEGMENT in self.fixes,
         )
 
-    @abstractmethod
     def postprocess_answer(
         self, segment: Segment, result: ChatResult, rng: random.Random
     ) -> PostResult:
         """The kept text for one segment's answer, or why it is dropped."""
+        return self.spec.postprocess(
+            result.text, result.finish_reason, segment.text, self.rules, rng
+        )
 
     def record_rng(self, record: Mapping[str, Any], document: str) -> random.Random:
-        """A RNG that depends only on ``seed`` and the record (not on processing order)."""
-        key = record.get("id")
+        """A RNG that depends only on ``seed`` and the record's ``id_field`` (its text
+        when it has no id), not on processing order."""
+        key = record.get(self.id_field)
         material = f"{self.seed}\x00{document if key is None else key}"
         digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=8).digest()
         return random.Random(int.from_bytes(digest, "big"))
@@ -292,7 +409,7 @@ class NemotronCCStage(SyntheticStage):
         if not kept:
             return RecordOutcome(filtered=_dominant_reason(verdicts), calls=calls)
         joined = rejoin_segments(text for text, _ in kept)
-        checked = at_least(joined, self.tokenizer, self.spec.min_output_tokens)
+        checked = at_least(joined, self.tokenizer, self.spec.min_output_tokens, fixes=self.fixes)
         if isinstance(checked, Dropped):
             return RecordOutcome(filtered=checked.reason.value, calls=calls)
         data = dict(record)
@@ -309,134 +426,53 @@ def _dominant_reason(verdicts: Sequence[PostResult]) -> str:
     return reasons.most_common(1)[0][0].value
 
 
-# -- the five tasks ------------------------------------------------------------------
+# -- the five tasks: NeMo Curator's class names, everything else in TASK_SPECS --------
 
 
-@dataclass
 class WikipediaParaphrasingStage(NemotronCCStage):
     """Rewrite (low-quality) web text as Wikipedia-style prose; one row per document."""
 
-    spec: ClassVar[TaskSpec] = TASK_SPECS["wikipedia_paraphrasing"]
-    system_prompt: str | None = prompts.SYSTEM_PROMPT
-    prompt: str | None = prompts.WIKIPEDIA_PARAPHRASING_PROMPT
-    output_field: str = "rephrased"
-    name: str = "WikipediaParaphrasing"
-
-    def postprocess_answer(
-        self, segment: Segment, result: ChatResult, rng: random.Random
-    ) -> PostResult:
-        assert self.spec.prefix is not None
-        return postprocess_paraphrase(
-            result.text,
-            result.finish_reason,
-            tokenizer=self.tokenizer,
-            max_tokens=self.spec.truncation_tokens,
-            prefix=self.spec.prefix,
-            min_tokens=None,  # applies to the re-joined document
-        )
+    spec = TASK_SPECS["wikipedia_paraphrasing"]
 
 
-@dataclass
 class DiverseQAStage(NemotronCCStage):
     """Question/answer pairs about a segment, appended to it (a sampled subset)."""
 
-    spec: ClassVar[TaskSpec] = TASK_SPECS["diverse_qa"]
-    system_prompt: str | None = prompts.SYSTEM_PROMPT
-    prompt: str | None = prompts.DIVERSE_QA_PROMPT
-    output_field: str = "diverse_qa"
-    name: str = "DiverseQA"
-
-    def postprocess_answer(
-        self, segment: Segment, result: ChatResult, rng: random.Random
-    ) -> PostResult:
-        return postprocess_diverse_qa(
-            result.text,
-            result.finish_reason,
-            segment.text,
-            tokenizer=self.tokenizer,
-            max_tokens=self.spec.truncation_tokens,
-            prefix=self.spec.prefix,
-            rng=rng,
-            min_tokens=self.spec.min_output_tokens,
-        )
+    spec = TASK_SPECS["diverse_qa"]
 
 
-@dataclass
 class DistillStage(NemotronCCStage):
     """A condensed, faithful paraphrase that keeps terms and examples."""
 
-    spec: ClassVar[TaskSpec] = TASK_SPECS["distill"]
-    system_prompt: str | None = prompts.DISTILL_SYSTEM_PROMPT
-    prompt: str | None = prompts.DISTILL_PROMPT
-    output_field: str = "distill"
-    name: str = "Distill"
-
-    def postprocess_answer(
-        self, segment: Segment, result: ChatResult, rng: random.Random
-    ) -> PostResult:
-        assert self.spec.prefix is not None
-        return postprocess_paraphrase(
-            result.text,
-            result.finish_reason,
-            tokenizer=self.tokenizer,
-            max_tokens=self.spec.truncation_tokens,
-            prefix=self.spec.prefix,
-            min_tokens=self.spec.min_output_tokens,
-        )
+    spec = TASK_SPECS["distill"]
 
 
-@dataclass
 class ExtractKnowledgeStage(NemotronCCStage):
     """The segment's knowledge rewritten as textbook-style passages."""
 
-    spec: ClassVar[TaskSpec] = TASK_SPECS["extract_knowledge"]
-    system_prompt: str | None = prompts.SYSTEM_PROMPT
-    prompt: str | None = prompts.EXTRACT_KNOWLEDGE_PROMPT
-    output_field: str = "extract_knowledge"
-    name: str = "ExtractKnowledge"
-
-    def postprocess_answer(
-        self, segment: Segment, result: ChatResult, rng: random.Random
-    ) -> PostResult:
-        return postprocess_extract_knowledge(
-            result.text,
-            result.finish_reason,
-            tokenizer=self.tokenizer,
-            max_tokens=self.spec.truncation_tokens,
-            min_tokens=self.spec.min_output_tokens,
-        )
+    spec = TASK_SPECS["extract_knowledge"]
 
 
-@dataclass
 class KnowledgeListStage(NemotronCCStage):
     """The segment's facts and key concepts as a list, one per line."""
 
-    spec: ClassVar[TaskSpec] = TASK_SPECS["knowledge_list"]
-    system_prompt: str | None = prompts.SYSTEM_PROMPT
-    prompt: str | None = prompts.KNOWLEDGE_LIST_PROMPT
-    output_field: str = "knowledge_list"
-    name: str = "KnowledgeList"
-
-    def postprocess_answer(
-        self, segment: Segment, result: ChatResult, rng: random.Random
-    ) -> PostResult:
-        return postprocess_knowledge_list(
-            result.text,
-            result.finish_reason,
-            tokenizer=self.tokenizer,
-            max_tokens=self.spec.truncation_tokens,
-            min_tokens=self.spec.min_output_tokens,
-        )
+    spec = TASK_SPECS["knowledge_list"]
 
 
-#: Config names of the tasks → their stage classes.
+#: Config names of the tasks → their stage classes (the registry's order).
 TASKS: dict[str, type[NemotronCCStage]] = {
-    "wikipedia_paraphrasing": WikipediaParaphrasingStage,
-    "diverse_qa": DiverseQAStage,
-    "distill": DistillStage,
-    "extract_knowledge": ExtractKnowledgeStage,
-    "knowledge_list": KnowledgeListStage,
+    cls.spec.task: cls
+    for cls in (
+        WikipediaParaphrasingStage,
+        DiverseQAStage,
+        DistillStage,
+        ExtractKnowledgeStage,
+        KnowledgeListStage,
+    )
 }
+assert tuple(TASKS) == TASK_NAMES and all(
+    cls.__name__ == cls.spec.class_name for cls in TASKS.values()
+)
 
 
 def build_task_stage(
@@ -450,13 +486,21 @@ def build_task_stage(
     input_field: str = "text",
     system_prompt: str | None = None,
     prompt: str | None = None,
+    curator_compat: CuratorCompat = "fixes",
+    name: str | None = None,
+    id_field: str = "id",
+    count_special_tokens: bool | None = None,
 ) -> NemotronCCStage:
     """A task stage from config values.
 
     ``generation_config`` as a mapping overrides single fields of the task's default
     (so ``{"temperature": 0.7}`` keeps its max_tokens); ``tokenizer`` may be a spec
-    string for :func:`load_tokenizer`; ``system_prompt=""`` sends no system message;
-    ``None`` for a prompt keeps the task's own.
+    string for :func:`load_tokenizer` (``count_special_tokens``: None follows the
+    tokenizer's own default, as Curator does); ``system_prompt=""`` sends no system
+    message; ``None`` for a prompt or name keeps the task's own. ``curator_compat``:
+    ``"exact"`` reproduces NeMo Curator 1.4.0 bit for bit, ``"fixes"`` applies the
+    documented fixes (:class:`~streamsynth.stages.nemotron_cc.compat.Fix`).
+    ``id_field`` names the record's id (it seeds DiverseQA's sampling).
     """
     try:
         cls = TASKS[task]
@@ -464,40 +508,48 @@ def build_task_stage(
         raise StageConfigError(
             f"unknown Nemotron-CC task {task!r}; known: {', '.join(TASKS)}"
         ) from None
+    try:
+        fixes = fixes_for(curator_compat)
+    except ValueError as exc:
+        raise StageConfigError(f"task {task!r}: {exc}") from None
     overrides: dict[str, Any] = {}
     if system_prompt is not None:
         overrides["system_prompt"] = system_prompt
     if prompt is not None:
         overrides["prompt"] = prompt
+    if name is not None:
+        overrides["name"] = name
     return cls(
         client=client,
         model_name=model_name,
-        generation_config=_generation_config(cls.spec, generation_config),
-        tokenizer=_tokenizer(tokenizer),
+        generation_config=_generation_config(cls.spec, generation_config, fixes),
+        tokenizer=_tokenizer(tokenizer, count_special_tokens),
         seed=seed,
         input_field=input_field,
+        id_field=id_field,
+        fixes=fixes,
         **overrides,
     )
 
 
 def _generation_config(
-    spec: TaskSpec, config: GenerationConfig | Mapping[str, Any] | None
+    spec: TaskSpec, config: GenerationConfig | Mapping[str, Any] | None, fixes: frozenset[Fix]
 ) -> GenerationConfig:
     if config is None or isinstance(config, GenerationConfig):
-        return config or default_generation_config(spec)
-    merged = default_generation_config(spec).model_dump() | dict(config)
+        return config or default_generation_config(spec, fixes)
+    merged = default_generation_config(spec, fixes).model_dump() | dict(config)
     try:
         return GenerationConfig.model_validate(merged)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise StageConfigError(f"task {spec.task!r}: invalid generation config: {exc}") from exc
 
 
-def _tokenizer(tokenizer: Tokenizer | str | None) -> Tokenizer:
+def _tokenizer(tokenizer: Tokenizer | str | None, special_tokens: bool | None) -> Tokenizer:
     if tokenizer is None:
         return ApproxTokenizer()
     if isinstance(tokenizer, str):
         try:
-            return load_tokenizer(tokenizer)
+            return load_tokenizer(tokenizer, special_tokens=special_tokens)
         except (ValueError, RuntimeError) as exc:
             raise StageConfigError(f"tokenizer {tokenizer!r}: {exc}") from exc
     return tokenizer

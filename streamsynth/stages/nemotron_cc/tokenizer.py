@@ -29,12 +29,33 @@ class TokenizerUnavailableError(RuntimeError):
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """Counts the tokens of a text. Implementations must be thread-safe and pure."""
+    """Counts the tokens of a text. Implementations must be thread-safe and pure.
+
+    ``count`` counts as the tokenizer encodes a text by default: with the special
+    tokens it adds itself (a Llama-style BOS), as NeMo Curator's ``tokenizer.encode``.
+    """
 
     @property
     def name(self) -> str: ...
 
     def count(self, text: str) -> int: ...
+
+
+@runtime_checkable
+class PlainCounter(Protocol):
+    """A tokenizer that can also count a text's own tokens, without special tokens."""
+
+    def count_plain(self, text: str) -> int: ...
+
+
+def count_plain(tokenizer: Tokenizer, text: str) -> int:
+    """The tokens of ``text`` alone (Curator's ``len(tokenizer.tokenize(text))``).
+
+    Falls back to ``count`` for tokenizers that add no special tokens anyway.
+    """
+    if isinstance(tokenizer, PlainCounter):
+        return tokenizer.count_plain(text)
+    return tokenizer.count(text)
 
 
 # A digit run, a run of letters (underscore included), or a run of other visible characters.
@@ -88,20 +109,26 @@ def _word_tokens(word: str) -> int:
 class HFTokenizer:
     """A Hugging Face ``tokenizer.json`` loaded with the ``tokenizers`` package.
 
-    Special tokens (BOS/EOS) are not counted: the budgets measure text, and the
-    chat template adds its own tokens whatever we count.
+    ``count`` follows the tokenizer's own default for special tokens, as NeMo
+    Curator's token filters do (``tokenizer.encode(text)``): a Llama-style file whose
+    post-processor adds BOS counts it, so every threshold matches Curator's.
+    ``special_tokens=False`` (or ``True``) overrides that for a tokenizer whose
+    default does not match how the served model counts.
     """
 
-    def __init__(self, tokenizer: Any, name: str) -> None:
+    def __init__(self, tokenizer: Any, name: str, *, special_tokens: bool | None = None) -> None:
         self._tokenizer = tokenizer
         self._name = name
+        self._special_tokens = special_tokens
 
     @property
     def name(self) -> str:
         return self._name
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> HFTokenizer:
+    def from_file(
+        cls, path: str | os.PathLike[str], *, special_tokens: bool | None = None
+    ) -> HFTokenizer:
         file = Path(path)
         if not file.is_file():
             raise TokenizerUnavailableError(f"tokenizer file not found: {file}")
@@ -112,9 +139,14 @@ class HFTokenizer:
                 "the 'tokenizers' package is required for hf: tokenizers "
                 "(pip install 'streamsynth[tokenizers]')"
             ) from exc
-        return cls(_HFTokenizer.from_file(str(file)), f"hf:{file}")
+        return cls(_HFTokenizer.from_file(str(file)), f"hf:{file}", special_tokens=special_tokens)
 
     def count(self, text: str) -> int:
+        if self._special_tokens is None:
+            return len(self._tokenizer.encode(text).ids)  # the tokenizer's default
+        return len(self._tokenizer.encode(text, add_special_tokens=self._special_tokens).ids)
+
+    def count_plain(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def __repr__(self) -> str:
@@ -199,13 +231,17 @@ class TiktokenTokenizer:
         return f"TiktokenTokenizer({self._name!r})"
 
 
-def load_tokenizer(spec: str) -> Tokenizer:
-    """A tokenizer from a config string: "approx", "hf:/path/tokenizer.json" or "tiktoken:NAME"."""
+def load_tokenizer(spec: str, *, special_tokens: bool | None = None) -> Tokenizer:
+    """A tokenizer from a config string: "approx", "hf:/path/tokenizer.json" or "tiktoken:NAME".
+
+    ``special_tokens`` (hf: only; None = the tokenizer's own default) says whether
+    counts include the special tokens the tokenizer adds, such as BOS.
+    """
     kind, _, argument = spec.strip().partition(":")
     if kind == "approx" and not argument:
         return ApproxTokenizer()
     if kind == "hf" and argument:
-        return HFTokenizer.from_file(argument)
+        return HFTokenizer.from_file(argument, special_tokens=special_tokens)
     if kind == "tiktoken" and argument:
         return TiktokenTokenizer(argument)
     raise ValueError(
