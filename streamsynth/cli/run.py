@@ -1,4 +1,9 @@
-"""``streamsynth run``: the Kafka worker."""
+"""``streamsynth run``: the Kafka worker (the process that ships: Docker, compose, Helm).
+
+The whole process life is :mod:`streamsynth.kafka.runtime`, shared with ``python -m
+streamsynth.kafka``. The early signal capture is installed by ``streamsynth.cli``'s
+package import, before typer and the command modules load.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from streamsynth.config import load_settings
 
 
 def run_command(
@@ -23,11 +26,11 @@ def run_command(
 ) -> None:
     """Run the worker: consume documents, call the LLM stages, produce the results.
 
-    Runs until SIGINT/SIGTERM, then drains in-flight records and commits. See
-    'streamsynth config example' for every setting.
+    Runs until SIGINT/SIGTERM, then drains in-flight records and commits. Exits 0
+    after a graceful stop, 1 when the broker fails, 2 on an invalid configuration.
+    See 'streamsynth config example' for every setting.
     """
-    settings = load_settings(config)
     # Imported here so that --help and the other commands stay fast.
-    from streamsynth.kafka.worker import run_worker
+    from streamsynth.kafka.runtime import run
 
-    raise typer.Exit(run_worker(settings))
+    raise typer.Exit(run(config))

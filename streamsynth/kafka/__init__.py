@@ -1,11 +1,13 @@
 """The Kafka worker: consumer group -> stages -> output topics, at least once.
 
-Modules: ``offsets`` (commit tracking), ``records`` (decode/validate/build),
-``dlq`` (dead-letter headers), ``source`` (consumer), ``sink`` (producer),
-``worker`` (the flow, rebalances, shutdown).
+Modules: ``runtime`` (the process: signals, metrics server, exit codes),
+``worker`` (the flow, rebalances, shutdown), ``offsets`` (commit tracking),
+``records`` (decode/validate/build), ``dlq`` (dead-letter headers), ``source``
+(consumer), ``sink`` (producer), ``connection`` (every aiokafka client is built
+there), ``admin`` (topics, committed offsets, lag).
 
-Exports are imported lazily: ``python -m streamsynth.kafka`` must install its
-signal handlers before the heavy imports (aiokafka, the LLM stack) run.
+Exports are imported lazily: both process entries import this package before
+they capture early signals, so it must not pull in aiokafka or the LLM stack.
 """
 
 from __future__ import annotations
@@ -15,21 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from streamsynth.kafka.offsets import OffsetTracker
-    from streamsynth.kafka.worker import (
-        StageSpec,
-        Worker,
-        arun_worker,
-        build_stages,
-        run_worker,
-    )
+    from streamsynth.kafka.runtime import arun_worker, run_worker
+    from streamsynth.kafka.worker import StageSpec, Worker, build_stages
 
 _EXPORTS = {
     "OffsetTracker": "streamsynth.kafka.offsets",
     "StageSpec": "streamsynth.kafka.worker",
     "Worker": "streamsynth.kafka.worker",
-    "arun_worker": "streamsynth.kafka.worker",
+    "arun_worker": "streamsynth.kafka.runtime",
     "build_stages": "streamsynth.kafka.worker",
-    "run_worker": "streamsynth.kafka.worker",
+    "run_worker": "streamsynth.kafka.runtime",
 }
 
 __all__ = ["OffsetTracker", "StageSpec", "Worker", "arun_worker", "build_stages", "run_worker"]

@@ -24,11 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -36,7 +34,7 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streamsynth.config import ConfigError, Settings, StageSettings
+from streamsynth.config import Settings, StageSettings
 from streamsynth.engine.stage import RecordOutcome, RecordStage
 from streamsynth.kafka.dlq import Failure, dlq_headers
 from streamsynth.kafka.offsets import OffsetTracker
@@ -51,18 +49,13 @@ from streamsynth.kafka.records import (
 from streamsynth.kafka.sink import OutMessage, Sink, SinkClosedError
 from streamsynth.kafka.source import Source
 from streamsynth.llm.client import AsyncLLMClient, LLMClient
-from streamsynth.llm.probe import wait_until_reachable
 from streamsynth.metrics.health import HealthState
-from streamsynth.metrics.loop_lag import LoopLagMonitor
 from streamsynth.metrics.registry import Metrics
-from streamsynth.metrics.summary import ConsoleSummary
 
 log = logging.getLogger("streamsynth.kafka.worker")
 
 #: Resume paused partitions once the window is this full (hysteresis against flapping).
 RESUME_FRACTION = 0.75
-#: Exit status after a second signal (the first one asked for a graceful stop).
-FORCED_EXIT_CODE = 2
 #: Stage name in the DLQ headers for a failure outside any stage (a bug in the worker).
 WORKER_STAGE = "worker"
 #: Reason for a stage that returned neither outputs, a filter reason nor an error.
@@ -681,106 +674,3 @@ class Worker:
 
 def _names(tps: Any) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
-
-
-# -- process entry point ---------------------------------------------------------------
-async def arun_worker(
-    settings: Settings, *, stop_requested: Callable[[], bool] | None = None
-) -> int:
-    """Run a worker with signal handlers and the metrics server; return the exit code.
-
-    ``stop_requested`` reports a signal that arrived before the handlers were installed
-    (during start-up imports): the worker then exits 0 without joining the group.
-    """
-    metrics = Metrics(provider=settings.llm.provider)
-    health = HealthState()
-    worker = Worker(settings, metrics=metrics, health=health)
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            # Nothing unfinished was committed, so exiting here loses nothing.
-            log.warning("second signal: exiting at once", extra={"signal": signum})
-            logging.shutdown()
-            os._exit(FORCED_EXIT_CODE)
-        log.info("signal received: stopping", extra={"signal": signum})
-        worker.request_stop()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    if stop_requested is not None and stop_requested():
-        log.info("stop requested during start-up: exiting")
-        return 0
-    server = None
-    if settings.metrics.enabled:
-        from streamsynth.metrics.server import start_metrics_server
-
-        server = await start_metrics_server(
-            metrics, health, settings.metrics.host, settings.metrics.port
-        )
-        log.info("metrics server listening", extra={"port": server.port})
-    background = _start_background(settings, metrics, health)
-    try:
-        await worker.run()
-    except ConfigError as exc:
-        log.error("invalid configuration", extra={"detail": str(exc)})
-        return 2
-    except (KafkaError, OSError) as exc:
-        # Typically the broker is unreachable at start-up; nothing was committed.
-        log.error("worker failed", extra={"error": type(exc).__name__, "detail": str(exc)})
-        return 1
-    finally:
-        await _stop_background(background)
-        if server is not None:
-            await server.stop()
-    return worker.exit_code
-
-
-@dataclass(slots=True)
-class _Background:
-    lag: LoopLagMonitor
-    summary: ConsoleSummary | None
-    probe: asyncio.Task[None]
-
-
-def _start_background(settings: Settings, metrics: Metrics, health: HealthState) -> _Background:
-    """Event-loop lag sampling, the console summary and the LLM readiness probe."""
-    lag = LoopLagMonitor(metrics)
-    lag.start()
-    summary = None
-    if settings.metrics.summary_interval_s > 0:
-        summary = ConsoleSummary(metrics, settings.metrics.summary_interval_s)
-        summary.start()  # prints only when stdout is a terminal
-    try:
-        api_key = settings.llm.resolve_api_key()
-    except ConfigError:
-        api_key = "EMPTY"  # the client reports the real problem on its first request
-    probe = asyncio.get_running_loop().create_task(
-        wait_until_reachable(settings.llm.base_urls, api_key, health.mark_llm_ok),
-        name="streamsynth-llm-probe",
-    )
-    return _Background(lag, summary, probe)
-
-
-async def _stop_background(background: _Background) -> None:
-    background.probe.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await background.probe
-    await background.lag.stop()
-    if background.summary is not None:
-        await background.summary.stop()
-
-
-def run_worker(settings: Settings, *, stop_requested: Callable[[], bool] | None = None) -> int:
-    """Configure logging, run the worker until a signal, return the process exit code."""
-    from streamsynth.logging import configure_logging, register_secret
-
-    configure_logging(settings.logging)
-    with contextlib.suppress(Exception):
-        register_secret(settings.llm.resolve_api_key())
-    if settings.kafka.sasl_password is not None:
-        register_secret(settings.kafka.sasl_password.get_secret_value())
-    return asyncio.run(arun_worker(settings, stop_requested=stop_requested))

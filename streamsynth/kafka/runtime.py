@@ -1,0 +1,272 @@
+"""The worker process: from the command line to an exit code, the same for every entry.
+
+``streamsynth run`` (what the Dockerfile, compose and Helm start) and ``python -m
+streamsynth.kafka`` both come here, so the process the tests exercise is the one
+that ships. In order:
+
+1. :func:`capture_early_signals`, called by each entry before its slow imports
+   (typer, aiokafka, the LLM stack): a SIGTERM/SIGINT that arrives then ends the
+   process at once with status 0 (not death by the default handler), before it
+   joins the group.
+2. :func:`run`: load the config, configure logging (secrets registered for
+   redaction), then :func:`arun_worker` in a fresh event loop.
+3. :func:`arun_worker`: the loop's own signal handlers (first signal: graceful
+   stop; second: exit at once), the metrics server, the background tasks (loop-lag
+   sampling, console summary, LLM readiness probe), the worker itself.
+
+Exit codes: 0 after a graceful stop; 1 when the broker or the network fails;
+2 when the configuration is invalid (exactly one ``error:`` line on stderr
+naming the field, no traceback) or when a second signal forced the exit.
+
+Only the standard library is imported at module level: this module is imported
+before the capture is installed.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from streamsynth.config import Settings
+    from streamsynth.metrics.health import HealthState
+    from streamsynth.metrics.loop_lag import LoopLagMonitor
+    from streamsynth.metrics.registry import Metrics
+    from streamsynth.metrics.summary import ConsoleSummary
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+#: Exit status after a second signal (the first one asked for a graceful stop).
+FORCED_EXIT_CODE = 2
+
+LOGGER = "streamsynth.kafka.runtime"
+
+_early_signals: list[int] = []
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+# -- 1. early capture ---------------------------------------------------------------------
+def _exit_early(signum: int, frame: FrameType | None) -> None:
+    # Until the loop's handlers take over, the process has joined no group, opened no
+    # connection and holds no record: stopping means leaving at once, with status 0.
+    # The signal is also recorded, in case some library swallows the SystemExit.
+    _early_signals.append(signum)
+    raise SystemExit(EXIT_OK)
+
+
+def capture_early_signals() -> None:
+    """Make SIGTERM/SIGINT exit 0 at once until the event loop's handlers replace this.
+
+    Call it first thing in a process entry, before the slow imports (a second or
+    more on a busy machine). It does nothing off the main thread (``signal.signal``
+    may only be called there).
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _exit_early)
+
+
+def early_stop_requested() -> bool:
+    """Whether a stop signal arrived while :func:`capture_early_signals` was in charge."""
+    return bool(_early_signals)
+
+
+# -- 2. the process -----------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m streamsynth.kafka --config FILE``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m streamsynth.kafka",
+        description="Run one worker until SIGTERM/SIGINT.",
+    )
+    parser.add_argument("--config", required=True, help="path of the YAML configuration")
+    args = parser.parse_args(argv)
+    return run(args.config)
+
+
+def run(config: str | Path, *, stop_requested: Callable[[], bool] | None = None) -> int:
+    """Load ``config`` (environment overrides apply), run the worker; the exit code."""
+    from streamsynth.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        return config_error(exc)
+    return run_worker(settings, stop_requested=stop_requested)
+
+
+def run_worker(settings: Settings, *, stop_requested: Callable[[], bool] | None = None) -> int:
+    """Configure logging, run the worker until a signal, return the process exit code."""
+    import asyncio
+    import contextlib
+    import logging
+
+    from streamsynth.config import ConfigError
+    from streamsynth.engine.errors import StageConfigError
+    from streamsynth.logging import configure_logging, register_secret
+
+    configure_logging(settings.logging)
+    with contextlib.suppress(ConfigError):
+        register_secret(settings.llm.resolve_api_key())
+    for secret in (settings.kafka.sasl_password, settings.kafka.ssl_password):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    stop_requested = stop_requested or early_stop_requested
+    if stop_requested():
+        # Before aiokafka and the LLM stack are even imported: the fastest clean exit.
+        logging.getLogger(LOGGER).info("stop requested during start-up: exiting")
+        return EXIT_OK
+    try:
+        return asyncio.run(arun_worker(settings, stop_requested=stop_requested))
+    except (ConfigError, StageConfigError) as exc:  # found while starting (unset api_key_env)
+        return config_error(exc)
+
+
+def config_error(exc: Exception) -> int:
+    """Report an invalid configuration as one ``error:`` line on stderr; exit code 2."""
+    print(f"error: {one_line(str(exc))}", file=sys.stderr, flush=True)
+    return EXIT_CONFIG
+
+
+def one_line(text: str) -> str:
+    """``"invalid configuration:\\n  a: x\\n  b: y"`` -> ``"invalid configuration: a: x; b: y"``."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return text
+    head, rest = lines[0], lines[1:]
+    if not rest:
+        return head
+    return f"{head} {'; '.join(rest)}" if head.endswith(":") else "; ".join(lines)
+
+
+# -- 3. inside the event loop -------------------------------------------------------------
+async def arun_worker(
+    settings: Settings, *, stop_requested: Callable[[], bool] | None = None
+) -> int:
+    """Run a worker with signal handlers and the metrics server; return the exit code.
+
+    ``stop_requested`` reports a signal that arrived before the handlers were installed
+    (during start-up imports): the worker then exits 0 without joining the group.
+    A :class:`~streamsynth.config.ConfigError` found while starting propagates.
+    """
+    import logging
+
+    from aiokafka.errors import KafkaError
+
+    from streamsynth.kafka.worker import Worker
+    from streamsynth.metrics.health import HealthState
+    from streamsynth.metrics.registry import Metrics
+
+    log = logging.getLogger(LOGGER)
+    metrics = Metrics(provider=settings.llm.provider)
+    health = HealthState()
+    worker = Worker(settings, metrics=metrics, health=health)
+    _install_loop_handlers(worker.request_stop)
+    if stop_requested is not None and stop_requested():
+        log.info("stop requested during start-up: exiting")
+        return EXIT_OK
+    server = None
+    if settings.metrics.enabled:
+        from streamsynth.metrics.server import start_metrics_server
+
+        server = await start_metrics_server(
+            metrics, health, settings.metrics.host, settings.metrics.port
+        )
+        log.info("metrics server listening", extra={"port": server.port})
+    background = _start_background(settings, metrics, health)
+    try:
+        await worker.run()
+    except (KafkaError, OSError) as exc:
+        # Typically the broker is unreachable at start-up; nothing was committed.
+        log.error("worker failed", extra={"error": type(exc).__name__, "detail": str(exc)})
+        return EXIT_FAILED
+    finally:
+        await background.stop()
+        if server is not None:
+            await server.stop()
+    return EXIT_OK
+
+
+def _install_loop_handlers(request_stop: Callable[[], None]) -> None:
+    """First signal: graceful stop. Second: exit at once (nothing unfinished was committed)."""
+    import asyncio
+    import logging
+    import os
+
+    log = logging.getLogger(LOGGER)
+    seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > 1:
+            log.warning("second signal: exiting at once", extra={"signal": signum})
+            logging.shutdown()
+            os._exit(FORCED_EXIT_CODE)
+        log.info("signal received: stopping", extra={"signal": signum})
+        request_stop()
+
+    loop = asyncio.get_running_loop()
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+class _Background:
+    """Event-loop lag sampling, the console summary and the LLM readiness probe."""
+
+    def __init__(
+        self,
+        lag: LoopLagMonitor,
+        summary: ConsoleSummary | None,
+        probe: asyncio.Task[None],
+    ) -> None:
+        self.lag = lag
+        self.summary = summary
+        self.probe = probe
+
+    async def stop(self) -> None:
+        import asyncio
+        import contextlib
+
+        self.probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.probe
+        await self.lag.stop()
+        if self.summary is not None:
+            await self.summary.stop()
+
+
+def _start_background(settings: Settings, metrics: Metrics, health: HealthState) -> _Background:
+    import asyncio
+
+    from streamsynth.config import ConfigError
+    from streamsynth.llm.probe import wait_until_reachable
+    from streamsynth.metrics.loop_lag import LoopLagMonitor
+    from streamsynth.metrics.summary import ConsoleSummary
+
+    lag = LoopLagMonitor(metrics)
+    lag.start()
+    summary = None
+    if settings.metrics.summary_interval_s > 0:
+        summary = ConsoleSummary(metrics, settings.metrics.summary_interval_s)
+        summary.start()  # prints only when stdout is a terminal
+    try:
+        api_key = settings.llm.resolve_api_key()
+    except ConfigError:
+        api_key = "EMPTY"  # the client reports the real problem on its first request
+    probe = asyncio.get_running_loop().create_task(
+        wait_until_reachable(settings.llm.base_urls, api_key, health.mark_llm_ok),
+        name="streamsynth-llm-probe",
+    )
+    return _Background(lag, summary, probe)
