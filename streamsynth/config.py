@@ -26,25 +26,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamsynth.llm.types import GenerationConfig
+from streamsynth.stages.nemotron_cc.compat import CuratorCompat
+from streamsynth.stages.nemotron_cc.tasks import TASK_NAMES
 
 if TYPE_CHECKING:
     from streamsynth.engine.graph import StageGraph
 
-NEMOTRON_TASKS = (
-    "wikipedia_paraphrasing",
-    "diverse_qa",
-    "distill",
-    "extract_knowledge",
-    "knowledge_list",
-)
-TaskName = Literal[
-    "wikipedia_paraphrasing",
-    "diverse_qa",
-    "distill",
-    "extract_knowledge",
-    "knowledge_list",
-    "custom",
-]
+#: A stage's ``task``: one of the Nemotron-CC registry's names, or "custom" (own prompt).
+TASK_CHOICES: tuple[str, ...] = (*TASK_NAMES, "custom")
 
 
 class ConfigError(ValueError):
@@ -225,7 +214,8 @@ class GenerationOverrides(_Section):
 
 
 class StageSettings(_Section):
-    task: TaskName
+    #: Checked against TASK_CHOICES (derived from the task registry) by _known_task.
+    task: str = Field(json_schema_extra={"enum": list(TASK_CHOICES)})
     name: str | None = None
     output_topic: str
     input_field: str | None = None
@@ -235,6 +225,12 @@ class StageSettings(_Section):
     model: str | None = None
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)
     tokenizer: str = "approx"
+    #: Whether token counts include the special tokens (BOS) the tokenizer adds;
+    #: None follows the tokenizer's own default, as NeMo Curator does.
+    count_special_tokens: bool | None = None
+    #: Nemotron-CC tasks: "exact" reproduces NeMo Curator 1.4.0 bit for bit (its bugs
+    #: included); "fixes" applies the documented fixes (README, Nemotron-CC).
+    curator_compat: CuratorCompat = "fixes"
     seed: int = 0
     #: Routing: field -> {operator: value} on the input record (or, chained, the upstream
     #: row); every condition must hold, else the row is skipped for this stage.
@@ -252,6 +248,13 @@ class StageSettings(_Section):
     on_truncated: Literal["keep", "filter", "dlq"] | None = None
     #: The context guard's floor: fewer answer tokens than this left -> not sent.
     min_output_tokens: int | None = Field(default=None, ge=1)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if value not in TASK_CHOICES:
+            raise ValueError(f"unknown task {value!r}; expected one of: {', '.join(TASK_CHOICES)}")
+        return value
 
     @model_validator(mode="after")
     def _custom(self) -> StageSettings:
