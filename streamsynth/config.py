@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from streamsynth.errors import ConfigError as ConfigError  # re-exported: its old home
 from streamsynth.llm.types import GenerationConfig
 from streamsynth.stages.nemotron_cc.compat import CuratorCompat
 from streamsynth.stages.nemotron_cc.tasks import TASK_NAMES
@@ -34,10 +35,6 @@ if TYPE_CHECKING:
 
 #: A stage's ``task``: one of the Nemotron-CC registry's names, or "custom" (own prompt).
 TASK_CHOICES: tuple[str, ...] = (*TASK_NAMES, "custom")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names every bad field."""
 
 
 class _Section(BaseModel):

@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from streamsynth.errors import BrokerUnavailableError, ConfigError, StreamsynthError
+
 # Recent typer releases vendor click as ``typer._click``; older ones use click itself.
 try:
     from typer._click import exceptions as click_exceptions  # type: ignore[import-not-found,unused-ignore]
@@ -34,8 +36,10 @@ RUNTIME = 1
 INTERRUPTED = 130
 
 
-class CliError(Exception):
+class CliError(StreamsynthError):
     """A failure the CLI explains in one line (``code``: 2 usage, 1 runtime)."""
+
+    error_type = "cli"
 
     def __init__(self, message: str, code: int = USAGE) -> None:
         super().__init__(message)
@@ -64,15 +68,12 @@ def _runtime_types() -> tuple[type[BaseException], ...]:
     from aiokafka.errors import KafkaError
 
     from streamsynth.llm.errors import LLMError
-    from streamsynth.local.broker import BrokerUnavailableError
 
     return (BrokerUnavailableError, KafkaError, ClientError, LLMError, TimeoutError)
 
 
 def describe(exc: BaseException) -> tuple[str, int] | None:
     """The one-line message and exit code for a known failure; None for a bug."""
-    from streamsynth.config import ConfigError
-
     if isinstance(exc, CliError):
         return str(exc), exc.code
     if isinstance(exc, ConfigError):

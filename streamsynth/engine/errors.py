@@ -1,14 +1,20 @@
-"""Errors raised by the stage engine."""
+"""Errors raised by the stage engine (the whole tree: :mod:`streamsynth.errors`)."""
 
 from __future__ import annotations
 
+from streamsynth.errors import StreamsynthError
 
-class EngineError(Exception):
+
+class EngineError(StreamsynthError):
     """Base of the engine's errors."""
+
+    error_type = "engine"
 
 
 class MissingColumnError(EngineError, KeyError):
     """A stage was given a batch or record without a column it declared in ``inputs()``."""
+
+    error_type = "missing_column"
 
     def __init__(self, stage: str, column: str, available: list[str] | None = None) -> None:
         self.stage = stage
@@ -22,6 +28,8 @@ class MissingColumnError(EngineError, KeyError):
 
 class StageConfigError(EngineError, ValueError):
     """A stage was constructed with an invalid configuration."""
+
+    error_type = "stage_config"
 
 
 class PostProcessingError(EngineError):

@@ -36,6 +36,8 @@ _MISSING: Final = object()
 class GraphError(EngineError):
     """A stage graph is invalid. ``path`` names the field, e.g. ``stages.2.input_from``."""
 
+    error_type = "graph"
+
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from streamsynth.errors import StreamsynthError
 from streamsynth.kafka.records import BadRecord
 from streamsynth.logging import redact
 
@@ -76,10 +77,9 @@ class Failure:
 
 
 def error_reason(exc: BaseException) -> str:
-    """A bounded label: the LLM/engine ``error_type`` when the class has one, else its name."""
-    label = getattr(type(exc), "error_type", None)
-    if isinstance(label, str) and label:
-        return label
+    """A bounded label: the ``error_type`` of our errors, else the class name (a bug's)."""
+    if isinstance(exc, StreamsynthError):
+        return exc.error_type
     return type(exc).__name__
 
 

@@ -37,6 +37,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamsynth.config import Settings
+from streamsynth.errors import StreamsynthError
 from streamsynth.kafka.connection import KafkaConnection
 
 log = logging.getLogger("streamsynth.kafka.sink")
@@ -55,8 +56,10 @@ Headers = list[tuple[str, bytes]]
 DeliveryCallback = Callable[[BaseException | None], None]
 
 
-class SinkClosedError(RuntimeError):
+class SinkClosedError(StreamsynthError, RuntimeError):
     """The sink was closed before the message could be acknowledged."""
+
+    error_type = "sink_closed"
 
 
 @dataclass(slots=True)

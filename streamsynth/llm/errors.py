@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from streamsynth.errors import StreamsynthError
 
-class LLMError(Exception):
-    """Base of every error raised by a streamsynth LLM client."""
 
-    retryable: bool = False
-    #: A short, bounded label for metrics and DLQ headers (never free text).
-    error_type: str = "llm_error"
+class LLMError(StreamsynthError):
+    """Base of every error raised by a streamsynth LLM client (the tree: streamsynth.errors)."""
+
+    error_type = "llm_error"
 
     def __init__(self, message: str, *, attempts: int = 1, endpoint: str | None = None) -> None:
         super().__init__(message)
@@ -53,6 +53,12 @@ class MalformedResponseError(LLMError):
 
 class EmptyChoicesError(MalformedResponseError):
     error_type = "empty_choices"
+
+
+class EmptyOutputError(MalformedResponseError):
+    """A 2xx answer without usable text: null content, tool calls only, or only whitespace."""
+
+    error_type = "empty_output"
 
 
 class CircuitOpenError(LLMError):
@@ -203,13 +209,10 @@ def status_error(
         cls = ContextLengthError
     if cls is None:
         cls = ServerError if status_code >= 500 else APIStatusError
-    retryable_default = cls.retryable
-    err = cls(
+    return cls(
         f"HTTP {status_code}: {message}"[:500],
         status_code=status_code,
         retry_after_s=parse_retry_after(headers),
         headers=headers,
         endpoint=endpoint,
     )
-    err.retryable = retryable_default
-    return err

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-
-class BrokerUnavailableError(RuntimeError):
-    """No broker could be found or started."""
+from streamsynth.errors import BrokerUnavailableError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

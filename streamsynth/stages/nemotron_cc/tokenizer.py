@@ -22,9 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from streamsynth.errors import StreamsynthError
 
-class TokenizerUnavailableError(RuntimeError):
+
+class TokenizerUnavailableError(StreamsynthError, RuntimeError):
     """The requested tokenizer cannot be loaded from local files."""
+
+    error_type = "tokenizer_unavailable"
 
 
 @runtime_checkable
