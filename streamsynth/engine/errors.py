@@ -36,3 +36,25 @@ class PostProcessingError(EngineError):
     """A task's post-processing raised on an LLM answer."""
 
     error_type = "postprocess"
+
+
+class InvalidOutputError(EngineError):
+    """A structured answer stayed invalid (not JSON, or not matching the schema) after
+    every re-ask; the message holds the last validation error."""
+
+    error_type = "invalid_output"
+
+    def __init__(self, message: str, *, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class TruncatedOutputError(EngineError):
+    """The answer stopped at ``max_tokens`` (``finish_reason: length``) and the stage's
+    ``on_truncated`` is ``dlq``."""
+
+    error_type = "truncated"
+
+    def __init__(self, message: str, *, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.attempts = attempts

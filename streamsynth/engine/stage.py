@@ -40,6 +40,14 @@ class LLMCall:
     latency_s: float
     attempts: int
     cached: bool = False
+    # Lineage (what was asked, where), for the output's metadata and its output_id.
+    #: The model asked for (``model`` is what the server says answered).
+    request_model: str | None = None
+    #: The generation parameters actually sent (the body without model and messages).
+    generation: dict[str, Any] | None = None
+    endpoint: str | None = None
+    #: Prompt tokens the server answered from its prefix cache, when it says.
+    cached_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -147,6 +155,14 @@ class RecordStage(Stage):
     @abstractmethod
     async def aprocess_record(self, record: Mapping[str, Any]) -> RecordOutcome:
         """Process one document. Must not raise: failures go in ``RecordOutcome.error``."""
+
+    def prompt_sha256(self) -> str | None:
+        """The digest of what this stage asks (system prompt and template), for lineage.
+
+        None for a stage without a prompt. It enters every output's ``output_id``, so a
+        changed prompt changes the ids of exactly this stage's outputs.
+        """
+        return None
 
     async def _timed(self, record: Mapping[str, Any]) -> RecordOutcome:
         start = time.perf_counter()

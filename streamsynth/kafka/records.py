@@ -3,17 +3,33 @@
 An input value becomes a ``dict`` or a :class:`BadRecord` with a typed reason;
 nothing here raises on bad input. The size check runs on the raw bytes, before
 any decoding: a 10 MB value is rejected without being parsed.
+
+Every output carries lineage in its ``streamsynth`` object (the contract is the JSON
+Schema in ``streamsynth/data/output.schema.json``; :func:`validate_output` checks a
+record against it). Its ``output_id`` is a pure function of what made the output
+(document, stage, prompt, model, parameters sent, segment), so the same document
+processed twice, by any worker or consumer group, gets the same id: consumers
+deduplicate and join on it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import UTC, datetime
+from functools import cache, lru_cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from streamsynth.engine.stage import Output
+from streamsynth import __version__
+from streamsynth.engine.stage import LLMCall, Output
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 #: The reasons a record is rejected before any stage sees it.
 NOT_UTF8: Final = "not_utf8"
@@ -88,15 +104,110 @@ def output_key(key: bytes | None, doc: Mapping[str, Any] | None, id_field: str) 
     """The input key; else the document id (so outputs of one document share a partition)."""
     if key is not None:
         return key
-    if doc is not None:
-        ident = doc.get(id_field)
-        if ident is not None:
-            return (ident if isinstance(ident, str) else orjson.dumps(ident).decode()).encode()
-    return None
+    ident = document_id(doc, id_field)
+    return ident.encode() if ident is not None else None
+
+
+def document_id(doc: Mapping[str, Any] | None, id_field: str) -> str | None:
+    """The document's id as text (JSON for a non-string id), or None when it has none."""
+    if doc is None:
+        return None
+    ident = doc.get(id_field)
+    if ident is None:
+        return None
+    return ident if isinstance(ident, str) else orjson.dumps(ident).decode()
 
 
 def source_meta(topic: str, partition: int, offset: int) -> dict[str, Any]:
     return {"topic": topic, "partition": partition, "offset": offset}
+
+
+def output_id(
+    *,
+    doc_id: str | None,
+    source: Mapping[str, Any],
+    stage: str,
+    prompt_sha256: str | None,
+    model: str | None,
+    generation: Mapping[str, Any] | None,
+    segment: int | None,
+    parent: Mapping[str, str] | None = None,
+) -> str:
+    """The deterministic id of one output (see the module doc).
+
+    A document without an id is named by its source coordinates, which are the same
+    for every consumer of that topic. ``parent`` (a chained stage's upstream output,
+    ``{"stage", "id"}``) tells apart the outputs made from each upstream row.
+    """
+    document = {"id": doc_id} if doc_id is not None else {"source": source}
+    material = orjson.dumps(
+        [document, stage, prompt_sha256, model, generation, segment, parent],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(material).hexdigest()
+
+
+def output_id_of(
+    output: Output,
+    *,
+    stage: str,
+    source: Mapping[str, Any],
+    segment: int | None = None,
+    doc_id: str | None = None,
+    prompt_sha256: str | None = None,
+    parent: Mapping[str, str] | None = None,
+) -> str:
+    """The ``output_id`` that :func:`build_output` gives ``output`` (same arguments)."""
+    model, generation, _ = _lineage(output.calls)
+    return output_id(
+        doc_id=doc_id,
+        source=source,
+        stage=stage,
+        prompt_sha256=prompt_sha256,
+        model=model,
+        generation=generation,
+        segment=segment,
+        parent=parent,
+    )
+
+
+@lru_cache(maxsize=64)
+def public_endpoint(url: str) -> str:
+    """``url`` without user info, query or fragment: safe to publish (config rejects
+    credentials in base URLs already; this holds even for a URL that bypassed it)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def produced_at() -> str:
+    """Now, RFC 3339 in UTC with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _lineage(calls: list[LLMCall]) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """(model asked for, parameters sent, endpoint) of an output's calls.
+
+    All calls of one output share the stage's model and parameters (only the context
+    guard may shrink one's max_tokens), so the first call stands for them; the last
+    call's endpoint is the one that produced the final answer.
+    """
+    if not calls:
+        return None, None, None
+    first = calls[0]
+    endpoint = calls[-1].endpoint
+    return (
+        first.request_model or first.model,
+        first.generation,
+        public_endpoint(endpoint) if endpoint else None,
+    )
+
+
+def _cached_tokens(calls: list[LLMCall]) -> int | None:
+    known = [c.cached_tokens for c in calls if c.cached_tokens is not None]
+    return sum(known) if known else None
 
 
 def build_output(
@@ -105,11 +216,17 @@ def build_output(
     stage: str,
     source: dict[str, Any],
     segment: int | None = None,
+    doc_id: str | None = None,
+    prompt_sha256: str | None = None,
+    parent: Mapping[str, str] | None = None,
 ) -> bytes:
     """The JSON value of one output record: the stage's row plus a ``streamsynth`` object.
 
     A stage's row is the input object with the stage's output field added.
     ``segment`` is set for tasks whose unit is a segment (one record per kept segment).
+    ``doc_id`` (see :func:`document_id`), the stage's ``prompt_sha256`` and, for a
+    chained stage, ``parent`` (``{"stage", "id"}`` of the upstream output) enter the
+    output's ``output_id``.
     """
     calls = output.calls
     if len(calls) == 1:
@@ -124,6 +241,8 @@ def build_output(
             "latency_s": round(call.latency_s, 6),
             "attempts": call.attempts,
             "source": source,
+            "cached": call.cached,
+            "cached_tokens": call.cached_tokens,
         }
     else:
         meta = {
@@ -135,9 +254,29 @@ def build_output(
             "latency_s": round(output.latency_s, 6),
             "attempts": output.attempts,
             "source": source,
+            "cached": bool(calls) and all(c.cached for c in calls),
+            "cached_tokens": _cached_tokens(calls),
         }
     if segment is not None:
         meta["segment"] = segment
+    model, generation, endpoint = _lineage(calls)
+    meta["output_id"] = output_id(
+        doc_id=doc_id,
+        source=source,
+        stage=stage,
+        prompt_sha256=prompt_sha256,
+        model=model,
+        generation=generation,
+        segment=segment,
+        parent=parent,
+    )
+    if parent is not None:
+        meta["parent"] = dict(parent)
+    meta["prompt_sha256"] = prompt_sha256
+    meta["generation"] = generation
+    meta["endpoint"] = endpoint
+    meta["produced_at"] = produced_at()
+    meta["version"] = __version__
     data = output.data
     if META_FIELD in data:
         # Never mutate the stage's row: it may be shared with other stages' outputs.
@@ -157,3 +296,30 @@ def build_filtered(
     data = dict(doc)
     data[META_FIELD] = {"stage": stage, "filtered": reason, "source": source}
     return orjson.dumps(data)
+
+
+# -- the published output schema ------------------------------------------------------
+
+
+@cache
+def output_schema() -> dict[str, Any]:
+    """The JSON Schema of an output record (``streamsynth/data/output.schema.json``)."""
+    text = resources.files("streamsynth").joinpath("data/output.schema.json").read_bytes()
+    schema: dict[str, Any] = orjson.loads(text)
+    return schema
+
+
+@cache
+def _output_validator() -> Validator:
+    from jsonschema import validators  # imported on first use: the hot path never needs it
+
+    schema = output_schema()
+    cls = validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def validate_output(value: bytes | Mapping[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` unless ``value`` is a valid output record."""
+    record = orjson.loads(value) if isinstance(value, bytes | bytearray) else value
+    _output_validator().validate(record)

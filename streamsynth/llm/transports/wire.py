@@ -153,9 +153,13 @@ def _choices(payload: Any, endpoint: str) -> tuple[list[str], list[str | None]]:
 def _usage(raw: Any) -> Usage:
     if not isinstance(raw, dict):
         return Usage()
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(
         prompt_tokens=int(raw.get("prompt_tokens") or 0),
         completion_tokens=int(raw.get("completion_tokens") or 0),
+        # The server's prefix-cache hits (OpenAI, vLLM with prefix caching) when it says.
+        cached_tokens=int(cached) if isinstance(cached, int | float) else None,
     )
 
 
