@@ -207,6 +207,31 @@ def stage_rows(lay: Layout) -> None:
         "s",
         "Time this stage spends on one row it received, LLM calls included.",
     )
+    dlq_reason = SEL_STAGE + ', reason="{}"'
+    lay.panel(
+        "Invalid structured outputs / s",
+        [(_or_zero(_rate("streamsynth_records_dlq_total", dlq_reason.format("invalid_output"),
+                         "stage"), stage_rate), "{{stage}}")],
+        "reqps",
+        "Rows dead-lettered because the answer stayed invalid JSON (or broke the stage's "
+        "response_format schema) after every re-ask.",
+    )  # fmt: skip
+    lay.panel(
+        "Context-length rejections / s",
+        [(_or_zero(_rate("streamsynth_records_dlq_total", dlq_reason.format("context_length"),
+                         "stage"), stage_rate), "{{stage}}")],
+        "reqps",
+        "Rows dead-lettered because the prompt does not fit llm.context_tokens (not sent), "
+        "or the server answered 400 for context length.",
+    )  # fmt: skip
+    lay.panel(
+        "Truncated answers / s",
+        [(_or_zero(_rate("streamsynth_answers_truncated_total", SEL_STAGE, "stage"),
+                   stage_rate), "{{stage}}")],
+        "reqps",
+        "Answers that stopped at max_tokens (finish_reason length); on_truncated keeps, "
+        "filters or dead-letters them.",
+    )  # fmt: skip
 
 
 def llm_row(lay: Layout) -> None:
@@ -257,6 +282,21 @@ def llm_row(lay: Layout) -> None:
         [(f"({hits} or vector(0)) / (({hits} or vector(0)) + {misses})", "hit ratio")],
         "percentunit",
         "Requests answered from the response cache.",
+    )
+    lay.panel(
+        "Response cache entries and evictions",
+        [
+            (f"sum by (instance) (streamsynth_llm_cache_entries{{{SEL}}})", "entries"),
+            (
+                _or_zero(
+                    _rate("streamsynth_llm_cache_evictions_total", SEL, "instance"),
+                    f"sum by (instance) (streamsynth_llm_cache_entries{{{SEL}}})",
+                ),
+                "evictions / s",
+            ),
+        ],
+        "short",
+        "Answers held (bounded by llm.cache.max_entries) and evicted to stay within it.",
     )
     lay.panel(
         "Cost per hour",

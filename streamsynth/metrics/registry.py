@@ -136,6 +136,12 @@ class Metrics:
             "streamsynth_records_dlq", "Records sent to the dead-letter topic.",
             ["stage", "reason"], registry=r,
         )  # fmt: skip
+        self.answers_truncated = Counter(
+            "streamsynth_answers_truncated",
+            "LLM answers that stopped at max_tokens (finish_reason length), whatever the "
+            "stage's on_truncated then did with them.",
+            ["stage"], registry=r,
+        )  # fmt: skip
         self.record_e2e_latency = Histogram(
             "streamsynth_record_e2e_latency_seconds",
             "From the input record's Kafka timestamp to the output's produce ack.",

@@ -53,7 +53,8 @@ def test_rows_and_required_panels() -> None:
     required = (
         "p50 / p95 / p99, tokens / s, 429, concurrency limit, cache hit, cost per hour, "
         "consumer lag, lag trend, commits, rebalances, paused, dlq, cpu, resident memory, "
-        "event-loop lag, error ratio"
+        "event-loop lag, error ratio, invalid structured outputs, context-length rejections, "
+        "truncated answers, response cache entries and evictions"
     )
     for needle in required.split(", "):
         assert needle in titles, needle
