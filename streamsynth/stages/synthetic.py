@@ -62,7 +62,7 @@ class TokenCounter(Protocol):
     def count(self, text: str) -> int: ...
 
 
-class AnswerInvalid(ValueError):
+class _AnswerInvalid(ValueError):
     """The answer is not JSON, or not JSON of the requested shape."""
 
 
@@ -97,17 +97,17 @@ class AnswerValidator:
         self._validator = cls(schema)
 
     def parse(self, text: str) -> Any:
-        """The answer's JSON value; raises :class:`AnswerInvalid` saying what is wrong."""
+        """The answer's JSON value; raises ValueError (``_AnswerInvalid``) saying what is wrong."""
         from jsonschema.exceptions import best_match
 
         try:
             value = orjson.loads(_unfenced(text))
         except orjson.JSONDecodeError as exc:
-            raise AnswerInvalid(f"the answer is not valid JSON ({exc})") from None
+            raise _AnswerInvalid(f"the answer is not valid JSON ({exc})") from None
         error = best_match(self._validator.iter_errors(value))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            raise AnswerInvalid(f"at {where}: {error.message}"[:_MAX_ERROR_CHARS])
+            raise _AnswerInvalid(f"at {where}: {error.message}"[:_MAX_ERROR_CHARS])
         return value
 
 
@@ -347,7 +347,7 @@ class SyntheticStage(RecordStage):
         for asked in range(1, self.parse_retries + 2):
             try:
                 return self._validator.parse(result.text)
-            except AnswerInvalid as invalid:
+            except _AnswerInvalid as invalid:
                 if asked > self.parse_retries:
                     raise InvalidOutputError(
                         f"stage {self.name!r}: invalid answer after {asked} requests: {invalid}",
