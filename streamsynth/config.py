@@ -266,6 +266,9 @@ class StageSettings(_Section):
             if self.task != "custom":
                 raise ValueError("response_format is for custom stages only")
             check_response_format(self.response_format)
+        if self.task != "custom" and self.on_truncated == "keep":
+            # Curator's post-processing drops every truncated answer of these tasks.
+            raise ValueError("on_truncated: keep is for custom stages; tasks filter or dlq")
         return self
 
     @property
