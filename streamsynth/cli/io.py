@@ -10,21 +10,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 from rich.markup import escape
 
 from streamsynth.cli.common import (
-    DEFAULT_BOOTSTRAP,
     BootstrapOption,
-    check_bootstrap,
+    ConfigOption,
+    KafkaTarget,
+    kafka_failure,
+    kafka_target,
     progress,
     quiet_kafka_logs,
     start_kafka_client,
+    unreachable,
 )
 from streamsynth.cli.errors import RUNTIME, USAGE, CliError, err_console
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from streamsynth.kafka.connection import KafkaConnection
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -188,7 +196,7 @@ async def produce_rows(
     sources: list[Source],
     *,
     topic: str,
-    bootstrap: str,
+    kafka: KafkaConnection,
     id_field: str = "id",
     text_field: str = "text",
     unit: TextUnit = TextUnit.file,
@@ -197,19 +205,11 @@ async def produce_rows(
     show_progress: bool = True,
 ) -> ProduceResult:
     """Send every record of ``sources`` to ``topic``, keyed by id, and wait for the acks."""
-    from aiokafka import AIOKafkaProducer
-
     total = count_rows(sources, text_field, unit)
     if create_partitions:
-        await _create_topic(bootstrap, topic, create_partitions, timeout_s)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        client_id="streamsynth-produce",
-        acks="all",
-        linger_ms=5,
-        request_timeout_ms=int(timeout_s * 1000),
-    )
-    await start_kafka_client(producer, bootstrap, timeout_s)
+        await _create_topic(kafka, topic, create_partitions, timeout_s)
+    producer = build_producer(kafka, timeout_s)
+    await start_kafka_client(producer, kafka, timeout_s)
     result = ProduceResult()
     try:
         with progress() as bar:
@@ -238,20 +238,25 @@ async def _acked(pending: list[asyncio.Future[Any]], bar: Any, task: Any) -> int
     return n
 
 
-async def _create_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float) -> None:
-    from aiokafka.errors import KafkaConnectionError
+def build_producer(kafka: KafkaConnection, timeout_s: float) -> AIOKafkaProducer:
+    """The producer of ``streamsynth produce`` (security settings from ``kafka``)."""
+    return kafka.producer(acks="all", linger_ms=5, request_timeout_ms=int(timeout_s * 1000))
 
-    from streamsynth.local.broker import create_topics
+
+async def _create_topic(
+    kafka: KafkaConnection, topic: str, partitions: int, timeout_s: float
+) -> None:
+    from aiokafka.errors import KafkaError
+
+    from streamsynth.kafka.admin import create_topics
 
     quiet_kafka_logs()
     try:
-        await asyncio.wait_for(create_topics(bootstrap, {topic: partitions}), timeout=timeout_s)
-    except (KafkaConnectionError, TimeoutError, OSError) as exc:
-        raise CliError(
-            f"cannot reach the Kafka broker at {bootstrap} ({type(exc).__name__}); "
-            "is it running? ('streamsynth broker' starts a local one)",
-            RUNTIME,
-        ) from exc
+        await asyncio.wait_for(create_topics(kafka, {topic: partitions}), timeout=timeout_s)
+    except (TimeoutError, OSError) as exc:
+        raise unreachable(kafka, exc) from exc
+    except KafkaError as exc:
+        raise kafka_failure(kafka, exc) from exc
 
 
 def produce_command(
@@ -259,16 +264,32 @@ def produce_command(
         list[Path],
         typer.Argument(help="JSONL, Parquet or text files, or directories of them."),
     ],
-    topic: Annotated[str, typer.Option("--topic", "-t", help="Topic to write to.")],
-    bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            "--topic", "-t", help="Topic to write to (default: the --config input_topic)."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    bootstrap_servers: BootstrapOption = None,
     fmt: Annotated[
         InputFormat,
         typer.Option("--format", "-f", help="Input format; auto picks it from the suffix."),
     ] = InputFormat.auto,
     id_field: Annotated[
-        str, typer.Option(help="Id field; missing ids are generated from the text (SHA-256).")
-    ] = "id",
-    text_field: Annotated[str, typer.Option(help="Field holding the document text.")] = "text",
+        str | None,
+        typer.Option(
+            help="Id field; missing ids are generated from the text (SHA-256). "
+            "Default: the --config record.id_field, else 'id'."
+        ),
+    ] = None,
+    text_field: Annotated[
+        str | None,
+        typer.Option(
+            help="Field holding the document text. Default: the --config record.text_field, "
+            "else 'text'."
+        ),
+    ] = None,
     text_unit: Annotated[
         TextUnit, typer.Option(help="For text files: one record per file, paragraph or line.")
     ] = TextUnit.file,
@@ -287,15 +308,17 @@ def produce_command(
     Every record is checked before the first is sent, so a bad line leaves the topic
     untouched. Records are JSON objects with at least the id and text fields.
     """
-    bootstrap = check_bootstrap(bootstrap_servers)
+    target = kafka_target(config, bootstrap_servers, client_id="streamsynth-produce")
+    topic = topic or _input_topic(target)
+    record = target.settings.record if target.settings is not None else None
     sources = resolve_inputs(inputs, fmt)
     result = asyncio.run(
         produce_rows(
             sources,
             topic=topic,
-            bootstrap=bootstrap,
-            id_field=id_field,
-            text_field=text_field,
+            kafka=target.connection,
+            id_field=id_field or (record.id_field if record else "id"),
+            text_field=text_field or (record.text_field if record else "text"),
             unit=text_unit,
             create_partitions=partitions if create_topic else None,
             timeout_s=timeout,
@@ -305,6 +328,12 @@ def produce_command(
         f"[green]produced {result.records} records to {escape(topic)}[/]"
         f" ({result.generated_ids} ids generated)"
     )
+
+
+def _input_topic(target: KafkaTarget) -> str:
+    if target.settings is None:
+        raise CliError("missing option '--topic' (or give --config to use its input topic)")
+    return target.settings.kafka.input_topics[0]
 
 
 # -- consume ----------------------------------------------------------------------------
@@ -369,7 +398,7 @@ def _row_of(msg: Any, with_metadata: bool) -> dict[str, Any]:
 @dataclass
 class ConsumeOptions:
     topic: str
-    bootstrap: str
+    kafka: KafkaConnection
     group_id: str | None = None
     max_records: int | None = None
     idle_timeout_s: float = 10.0
@@ -380,25 +409,14 @@ class ConsumeOptions:
 
 async def consume_rows(opts: ConsumeOptions, sink: _JsonlSink | _ParquetSink) -> int:
     """Copy records from the topic into ``sink`` until ``max_records`` or an idle timeout."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=opts.bootstrap,
-        group_id=opts.group_id,
-        client_id="streamsynth-consume",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        request_timeout_ms=int(opts.timeout_s * 1000),
-        # A CLI run is short: a short session lets the next run's join finish sooner when
-        # the broker did not register this one's leave (Tansu waits out the session).
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-        rebalance_timeout_ms=6000,
-    )
-    await start_kafka_client(consumer, opts.bootstrap, opts.timeout_s)
+    consumer = build_consumer(opts)
+    await start_kafka_client(consumer, opts.kafka, opts.timeout_s)
     try:
         if opts.topic not in await consumer.topics():
-            raise CliError(f"topic {opts.topic!r} does not exist on {opts.bootstrap}", USAGE)
+            where = opts.kafka.bootstrap_servers
+            raise CliError(f"topic {opts.topic!r} does not exist on {where}", USAGE)
         if opts.group_id:
             consumer.subscribe([opts.topic])
         else:
@@ -409,6 +427,21 @@ async def consume_rows(opts: ConsumeOptions, sink: _JsonlSink | _ParquetSink) ->
         return await _copy(consumer, opts, sink)
     finally:
         await consumer.stop()
+
+
+def build_consumer(opts: ConsumeOptions) -> AIOKafkaConsumer:
+    """The consumer of ``streamsynth consume`` (security settings from ``opts.kafka``)."""
+    return opts.kafka.consumer(
+        group_id=opts.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=int(opts.timeout_s * 1000),
+        # A CLI run is short: a short session lets the next run's join finish sooner when
+        # the broker did not register this one's leave (Tansu waits out the session).
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        rebalance_timeout_ms=6000,
+    )
 
 
 async def _copy(consumer: Any, opts: ConsumeOptions, sink: _JsonlSink | _ParquetSink) -> int:
@@ -450,7 +483,8 @@ def consume_command(
         str,
         typer.Option("--output", "-o", help="File to write, or - for JSONL on stdout."),
     ] = "-",
-    bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
+    config: ConfigOption = None,
+    bootstrap_servers: BootstrapOption = None,
     fmt: Annotated[
         OutputFormat,
         typer.Option("--format", "-f", help="Output format; auto picks it from the suffix."),
@@ -481,7 +515,7 @@ def consume_command(
     Stops after --max-records records or when the topic has been idle for --idle-timeout
     seconds. JSON object values are written as they are; others as {"value": ...}.
     """
-    bootstrap = check_bootstrap(bootstrap_servers)
+    target = kafka_target(config, bootstrap_servers, client_id="streamsynth-consume")
     to_stdout = output == "-"
     out_fmt = fmt
     if out_fmt is OutputFormat.auto:
@@ -493,7 +527,7 @@ def consume_command(
         raise CliError(f"--output: directory {Path(output).parent} does not exist")
     opts = ConsumeOptions(
         topic=topic,
-        bootstrap=bootstrap,
+        kafka=target.connection,
         group_id=group_id,
         max_records=max_records,
         idle_timeout_s=idle_timeout,

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
 import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certs import self_signed
 from pydantic import SecretStr, ValidationError
 
 from streamsynth.config import Settings, settings_from_dict
@@ -65,35 +61,6 @@ def test_sasl_credentials_reach_both_clients() -> None:
 
 
 # -- KafkaConnection: the one place clients are built ------------------------------------
-def _self_signed(tmp_path: Path, password: bytes | None = None) -> tuple[Path, Path]:
-    """A throwaway certificate and key (generated here: no files checked in, no network)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password)
-        if password
-        else serialization.NoEncryption()
-    )
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    )
-    return cert_path, key_path
-
-
 def test_connection_comes_from_the_kafka_section() -> None:
     s = settings(
         client_id="svc-1",
@@ -129,7 +96,7 @@ def test_sasl_without_credentials_is_refused() -> None:
 
 
 def test_ssl_files_and_key_password_make_the_tls_context(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path, password=b"key-pw")
+    cert, key = self_signed(tmp_path, password=b"key-pw")
     conn = KafkaConnection(
         bootstrap_servers="127.0.0.1:1",
         security_protocol="SSL",
@@ -148,7 +115,7 @@ def test_ssl_files_and_key_password_make_the_tls_context(tmp_path: Path) -> None
 
 
 async def test_built_clients_carry_the_security_settings(tmp_path: Path) -> None:
-    cert, _ = _self_signed(tmp_path)
+    cert, _ = self_signed(tmp_path)
     conn = KafkaConnection(
         bootstrap_servers="127.0.0.1:1",
         security_protocol="SASL_SSL",
