@@ -15,9 +15,9 @@ deduplicate and join on it.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
@@ -140,11 +140,31 @@ def output_id(
     ``{"stage", "id"}``) tells apart the outputs made from each upstream row.
     """
     document = {"id": doc_id} if doc_id is not None else {"source": source}
-    material = orjson.dumps(
-        [document, stage, prompt_sha256, model, generation, segment, parent],
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.sha256(material).hexdigest()
+    digest = hashlib.sha256(_stage_material(stage, prompt_sha256, model, generation))
+    digest.update(orjson.dumps([document, segment, parent], option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
+
+
+#: (stage, prompt digest, model, id(generation)) -> (generation, its bytes): every output
+#: of a stage shares these, and the stage hands out one parameters dict per config.
+_STAGE_MATERIAL: dict[tuple[str, str | None, str | None, int], tuple[Any, bytes]] = {}
+_STAGE_MATERIAL_MAX = 1024
+
+
+def _stage_material(
+    stage: str, prompt_sha256: str | None, model: str | None, generation: Mapping[str, Any] | None
+) -> bytes:
+    """The serialized part of an output_id's material that is the same for a whole stage."""
+    key = (stage, prompt_sha256, model, id(generation))
+    hit = _STAGE_MATERIAL.get(key)
+    if hit is not None and hit[0] is generation:
+        return hit[1]
+    material = orjson.dumps([stage, prompt_sha256, model, generation], option=orjson.OPT_SORT_KEYS)
+    if len(_STAGE_MATERIAL) >= _STAGE_MATERIAL_MAX:
+        _STAGE_MATERIAL.clear()  # a new config per request (shrunk max_tokens): start over
+    # The value holds ``generation`` itself, so its id cannot be reused while cached.
+    _STAGE_MATERIAL[key] = (generation, material)
+    return material
 
 
 def output_id_of(
@@ -182,9 +202,17 @@ def public_endpoint(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def produced_at() -> str:
-    """Now, RFC 3339 in UTC with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, RFC 3339 in UTC with milliseconds (the second's text is formatted once)."""
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = whole
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
 
 
 def _lineage(calls: list[LLMCall]) -> tuple[str | None, dict[str, Any] | None, str | None]:

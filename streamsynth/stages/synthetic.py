@@ -386,6 +386,24 @@ def reask_prompt(error: str) -> str:
     )
 
 
+#: id(config) -> (config, its request fields): one shared, read-only dict per config, so
+#: lineage costs no dict per call and output ids can cache their per-stage part.
+_SENT_FIELDS: dict[int, tuple[GenerationConfig, dict[str, Any]]] = {}
+_SENT_FIELDS_MAX = 1024
+
+
+def sent_fields(config: GenerationConfig) -> dict[str, Any]:
+    """``config.request_fields()``, shared per config: treat the dict as read-only."""
+    hit = _SENT_FIELDS.get(id(config))
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    if len(_SENT_FIELDS) >= _SENT_FIELDS_MAX:
+        _SENT_FIELDS.clear()  # configs made per request (a shrunk max_tokens): start over
+    fields = config.request_fields()
+    _SENT_FIELDS[id(config)] = (config, fields)  # holding config keeps its id unique
+    return fields
+
+
 def call_of(result: ChatResult) -> LLMCall:
     request = result.request
     return LLMCall(
@@ -397,7 +415,7 @@ def call_of(result: ChatResult) -> LLMCall:
         attempts=result.attempts,
         cached=result.cached,
         request_model=request.model if request is not None else None,
-        generation=request.config.request_fields() if request is not None else None,
+        generation=sent_fields(request.config) if request is not None else None,
         endpoint=result.endpoint,
         cached_tokens=result.usage.cached_tokens,
     )
