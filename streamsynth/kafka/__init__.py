@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from streamsynth.kafka.offsets import OffsetTracker
     from streamsynth.kafka.runtime import arun_worker, run_worker
-    from streamsynth.kafka.worker import StageSpec, Worker, build_stages
+    from streamsynth.kafka.worker import StageSpec, Worker, stage_specs
 
 _EXPORTS = {
     "OffsetTracker": "streamsynth.kafka.offsets",
     "StageSpec": "streamsynth.kafka.worker",
     "Worker": "streamsynth.kafka.worker",
     "arun_worker": "streamsynth.kafka.runtime",
-    "build_stages": "streamsynth.kafka.worker",
+    "stage_specs": "streamsynth.kafka.worker",
     "run_worker": "streamsynth.kafka.runtime",
 }
 
-__all__ = ["OffsetTracker", "StageSpec", "Worker", "arun_worker", "build_stages", "run_worker"]
+__all__ = ["OffsetTracker", "StageSpec", "Worker", "arun_worker", "run_worker", "stage_specs"]
 
 
 def __getattr__(name: str) -> Any:

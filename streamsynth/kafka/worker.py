@@ -34,7 +34,7 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streamsynth.config import Settings, StageSettings
+from streamsynth.config import Settings
 from streamsynth.engine.stage import RecordOutcome, RecordStage
 from streamsynth.kafka.dlq import Failure, dlq_headers
 from streamsynth.kafka.offsets import OffsetTracker
@@ -49,8 +49,10 @@ from streamsynth.kafka.records import (
 from streamsynth.kafka.sink import OutMessage, Sink, SinkClosedError
 from streamsynth.kafka.source import Source
 from streamsynth.llm.client import AsyncLLMClient, LLMClient
+from streamsynth.llm.factory import build_llm_client
 from streamsynth.metrics.health import HealthState
 from streamsynth.metrics.registry import Metrics
+from streamsynth.stages.factory import BuiltStage, build_stages
 
 log = logging.getLogger("streamsynth.kafka.worker")
 
@@ -110,58 +112,9 @@ class StageSpec:
     duration: Any = None
 
 
-def build_stages(settings: Settings, client: AsyncLLMClient | LLMClient) -> list[StageSpec]:
-    """The configured stages, sharing one client (and so one global concurrency bound)."""
-    specs = []
-    for cfg in settings.stages:
-        stage = _build_stage(settings, cfg, client)
-        unit = getattr(getattr(stage, "spec", None), "unit", "document")
-        specs.append(StageSpec(cfg.stage_name, stage, cfg.output_topic, unit == "segment"))
-    return specs
-
-
-def _build_stage(
-    settings: Settings, cfg: StageSettings, client: AsyncLLMClient | LLMClient
-) -> RecordStage:
-    model = cfg.model or settings.llm.model
-    input_field = cfg.input_field or settings.record.text_field
-    if cfg.task == "custom":
-        from streamsynth.llm.types import GenerationConfig
-        from streamsynth.stages.synthetic import SyntheticStage
-
-        assert cfg.output_field is not None  # validated by StageSettings
-        return SyntheticStage(
-            name=cfg.stage_name,
-            system_prompt=cfg.system_prompt,
-            prompt=cfg.prompt,
-            input_field=input_field,
-            output_field=cfg.output_field,
-            client=client,
-            model_name=model,
-            generation_config=cfg.generation.apply(GenerationConfig()),
-        )
-    from streamsynth.stages.nemotron_cc.tasks import build_task_stage
-
-    overrides = cfg.generation.model_dump(exclude_unset=True)
-    stage = build_task_stage(
-        cfg.task,
-        client=client,
-        model_name=model,
-        generation_config=overrides or None,
-        tokenizer=cfg.tokenizer,
-        seed=cfg.seed,
-        input_field=input_field,
-        system_prompt=cfg.system_prompt,
-        prompt=cfg.prompt,
-    )
-    stage.name = cfg.stage_name
-    return stage
-
-
-def build_client(settings: Settings, metrics: Metrics) -> AsyncLLMClient:
-    from streamsynth.llm.factory import build_llm_client
-
-    return build_llm_client(settings.llm, observer=metrics.llm_observer())
+def stage_specs(built: Sequence[BuiltStage]) -> list[StageSpec]:
+    """The worker's view of the configured stages: each with its output topic."""
+    return [StageSpec(b.name, b.stage, b.config.output_topic, b.segmented) for b in built]
 
 
 class Worker:
@@ -235,8 +188,10 @@ class Worker:
     async def _start(self) -> None:
         if self._stage_specs is None:
             if self.client is None:
-                self.client = build_client(self.settings, self.metrics)
-            self._stage_specs = build_stages(self.settings, self.client)
+                self.client = build_llm_client(
+                    self.settings.llm, observer=self.metrics.llm_observer()
+                )
+            self._stage_specs = stage_specs(build_stages(self.settings, self.client))
         for spec in self._stage_specs:
             spec.produced = self.metrics.records_produced.labels(spec.name, spec.topic)
             spec.e2e = self.metrics.record_e2e_latency.labels(spec.name)

@@ -1,0 +1,92 @@
+"""Configuration -> stages: the one place a ``stages:`` entry becomes a stage object.
+
+Every value a stage needs is passed to its constructor (its name included); nothing
+is patched after construction. All stages share one LLM client, so one global
+concurrency bound holds across them. Kafka knows nothing of this module's inner
+workings: it takes the :class:`BuiltStage` list and adds topics and metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamsynth.config import Settings, StageSettings
+    from streamsynth.engine.stage import RecordStage
+    from streamsynth.llm.client import AsyncLLMClient, LLMClient
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltStage:
+    """A configured stage and the facts about it that its consumers need."""
+
+    config: StageSettings
+    stage: RecordStage
+    #: One output row per segment of the document (Nemotron-CC's segment-unit tasks).
+    segmented: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.stage_name
+
+
+def build_stages(settings: Settings, client: AsyncLLMClient | LLMClient) -> list[BuiltStage]:
+    """The configured stages, in config order, sharing ``client``."""
+    return [build_stage(settings, cfg, client) for cfg in settings.stages]
+
+
+def build_stage(
+    settings: Settings, cfg: StageSettings, client: AsyncLLMClient | LLMClient
+) -> BuiltStage:
+    """One stage from its config entry (``settings`` gives the defaults it leaves unset)."""
+    if cfg.task == "custom":
+        return BuiltStage(cfg, _custom_stage(settings, cfg, client))
+    return _task_stage(settings, cfg, client)
+
+
+def _custom_stage(
+    settings: Settings, cfg: StageSettings, client: AsyncLLMClient | LLMClient
+) -> RecordStage:
+    """A :class:`~streamsynth.stages.synthetic.SyntheticStage` from a ``task: custom`` entry."""
+    from streamsynth.engine.errors import StageConfigError
+    from streamsynth.llm.types import GenerationConfig
+    from streamsynth.stages.synthetic import SyntheticStage
+
+    if cfg.output_field is None:  # StageSettings refuses a custom stage without one
+        raise StageConfigError(f"stage {cfg.stage_name!r}: a custom stage needs 'output_field'")
+    return SyntheticStage(
+        name=cfg.stage_name,
+        system_prompt=cfg.system_prompt,
+        prompt=cfg.prompt,
+        input_field=cfg.input_field or settings.record.text_field,
+        output_field=cfg.output_field,
+        client=client,
+        model_name=cfg.model or settings.llm.model,
+        generation_config=cfg.generation.apply(GenerationConfig()),
+    )
+
+
+def _task_stage(
+    settings: Settings, cfg: StageSettings, client: AsyncLLMClient | LLMClient
+) -> BuiltStage:
+    """A Nemotron-CC task stage (the task's own defaults fill what the entry leaves unset)."""
+    from streamsynth.stages.nemotron_cc.tasks import build_task_stage
+
+    overrides = cfg.generation.model_dump(exclude_unset=True)
+    stage = build_task_stage(
+        cfg.task,
+        client=client,
+        model_name=cfg.model or settings.llm.model,
+        generation_config=overrides or None,
+        tokenizer=cfg.tokenizer,
+        seed=cfg.seed,
+        input_field=cfg.input_field or settings.record.text_field,
+        system_prompt=cfg.system_prompt,
+        prompt=cfg.prompt,
+        curator_compat=cfg.curator_compat,
+        name=cfg.stage_name,
+        id_field=settings.record.id_field,
+        count_special_tokens=cfg.count_special_tokens,
+    )
+    return BuiltStage(cfg, stage, segmented=stage.spec.unit == "segment")
