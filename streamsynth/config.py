@@ -9,6 +9,7 @@ errors into a :class:`ConfigError` whose lines name each bad field by its path.
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,8 +26,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from streamsynth.checks import (
+    check_bootstrap_servers,
+    check_prompt_template,
+    secret_values,
+    yaml_error_message,
+)
 from streamsynth.errors import ConfigError as ConfigError  # re-exported: its old home
 from streamsynth.llm.types import GenerationConfig
+from streamsynth.redact import is_secret_field, redact, register_secret
 from streamsynth.stages.nemotron_cc.compat import CuratorCompat
 from streamsynth.stages.nemotron_cc.tasks import TASK_NAMES
 
@@ -68,6 +76,12 @@ class KafkaSettings(_Section):
     #: Password of an encrypted ssl_keyfile.
     ssl_password: SecretStr | None = None
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        check_bootstrap_servers(value)
+        return value
+
     @model_validator(mode="after")
     def _topics(self) -> KafkaSettings:
         topics = list(self.input_topics)
@@ -77,7 +91,12 @@ class KafkaSettings(_Section):
             raise ValueError("set input_topic or input_topics")
         self.input_topics = topics
         if self.dlq_topic in topics:
-            raise ValueError("dlq_topic must differ from the input topics")
+            raise ValueError("dlq_topic: must differ from the input topics")
+        if self.filtered_topic is not None:
+            if self.filtered_topic in topics:
+                raise ValueError("filtered_topic: is an input topic (records would loop back)")
+            if self.filtered_topic == self.dlq_topic:
+                raise ValueError("filtered_topic: must differ from dlq_topic")
         if self.security_protocol.startswith("SASL") and (
             not self.sasl_mechanism or not self.sasl_username or self.sasl_password is None
         ):
@@ -158,11 +177,13 @@ class LLMSettings(_Section):
         if not urls:
             raise ValueError("set base_url or base_urls")
         for url in urls:
+            where = "base_url" if url == self.base_url else "base_urls"
             if not url.startswith(("http://", "https://")):
-                raise ValueError(f"base url {url!r} must start with http:// or https://")
+                # Quoted redacted: ftp://user:KEY@host must not bring KEY into the error.
+                raise ValueError(f"{where}: {redact(url)!r} must start with http:// or https://")
             if "@" in url.split("//", 1)[1].split("/", 1)[0]:
                 # The URL becomes a metrics label and a log field: no credentials in it.
-                raise ValueError("a base url must not carry credentials; use api_key_env")
+                raise ValueError(f"{where}: a base url must not carry credentials; use api_key_env")
         self.base_urls = [u.rstrip("/") for u in urls]
         if self.min_concurrency > self.max_concurrency:
             raise ValueError("min_concurrency must not exceed max_concurrency")
@@ -253,13 +274,18 @@ class StageSettings(_Section):
             raise ValueError(f"unknown task {value!r}; expected one of: {', '.join(TASK_CHOICES)}")
         return value
 
+    @field_validator("prompt")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_prompt_template(value)  # the rule SyntheticStage applies
+        return value
+
     @model_validator(mode="after")
     def _custom(self) -> StageSettings:
         if self.task == "custom":
             if not self.prompt:
-                raise ValueError("a custom stage needs 'prompt' (a template with {document})")
-            if "{document}" not in self.prompt:
-                raise ValueError("'prompt' must contain the {document} placeholder")
+                raise ValueError("prompt: a custom stage needs a template with {document}")
             if not self.output_field:
                 raise ValueError("a custom stage needs 'output_field'")
         if self.response_format is not None:
@@ -373,26 +399,51 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _unique_stage_names(self) -> Settings:
         seen: set[str] = set()
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
             if stage.stage_name in seen:
                 raise ValueError(f"two stages are named {stage.stage_name!r}; set 'name'")
             seen.add(stage.stage_name)
             if stage.output_topic in self.kafka.input_topics:
-                raise ValueError(f"stage {stage.stage_name!r}: output_topic is an input topic")
+                raise ValueError(f"stages.{i}.output_topic: is an input topic")
+            if stage.output_topic == self.kafka.dlq_topic:
+                raise ValueError(f"stages.{i}.output_topic: is the dlq_topic")
+            if stage.output_topic == self.kafka.filtered_topic:
+                raise ValueError(f"stages.{i}.output_topic: is the filtered_topic")
         return self
 
 
+#: A validator names the field it judged inside its section: "dlq_topic: must differ...".
+_FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): ")
+
+
 def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each starting with the field's dotted path; never a secret."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts = [str(p) for p in err["loc"]]
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}")
+        named = _FIELD_PREFIX.match(msg)
+        if named:
+            parts.append(named.group(1))
+            msg = msg[named.end() :]
+        loc = ".".join(parts) or "(top level)"
+        lines.append(f"{loc}: {redact(msg)}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _register_secrets(data: dict[str, Any]) -> None:
+    """Every secret-bearing value of the file and the environment is redacted from now on,
+    so no error about the config (or anything later) can quote one."""
+    for value in secret_values(data):
+        register_secret(value)
+    for name, value in os.environ.items():
+        if name.startswith("STREAMSYNTH_") and is_secret_field(name):
+            register_secret(value)
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:
     """Validate ``data`` (as read from YAML) with environment overrides applied."""
+    _register_secrets(data)
     token = _file_data.set(data)
     try:
         settings = Settings()  # type: ignore[call-arg]  # fields come from the sources
@@ -401,6 +452,8 @@ def settings_from_dict(data: dict[str, Any]) -> Settings:
     finally:
         _file_data.reset(token)
     settings.stage_graph()  # cycles, unknown upstreams, fan-in, bad conditions
+    if settings.kafka.sasl_password is not None:
+        register_secret(settings.kafka.sasl_password.get_secret_value())
     return settings
 
 
@@ -414,7 +467,7 @@ def load_settings(path: str | Path) -> Settings:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {p} is not valid YAML: {yaml_error_message(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: the top level must be a mapping")
     return settings_from_dict(data)

@@ -4,39 +4,34 @@ Call :func:`configure_logging` once at start-up. Errors about one record carry i
 coordinates as ``extra`` fields (see :func:`record_fields`), so a log search for
 ``topic``/``partition``/``offset`` finds the exact input that failed.
 
-Secrets are removed by a filter on the handler, before any formatter runs: values
-given to :func:`register_secret` (the worker registers the LLM API key and the SASL
-password) and common credential shapes (``sk-...`` keys, ``Bearer ...`` tokens).
+Secrets are removed by a filter on the handler, before any formatter runs, and by
+the same filter on aiokafka's loggers (its DEBUG connection log prints the SASL
+auth bytes), so even a handler someone else installs never sees them. What counts
+as a secret is decided in one place, :mod:`streamsynth.redact`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
-import threading
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from streamsynth.config import LoggingSettings
+from streamsynth.redact import REDACTED, clear_secrets, redact, register_secret
 
-REDACTED = "[REDACTED]"
-
-#: Credential shapes scrubbed even when nobody registered them.
-_PATTERNS = (
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=\-]{6,}"),
-    re.compile(r"(?i)(\b(?:api[_-]?key|password|passwd|secret|token)[\"']?\s*[:=]\s*[\"']?)"
-               r"[^\s\"',;}]{4,}"),
-)  # fmt: skip
-
-#: Values that look like secrets in config but are not (local servers take any key).
-_NOT_SECRETS = frozenset({"", "EMPTY", "none", "None"})
-_MIN_SECRET_LEN = 4
-
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
+__all__ = [
+    "REDACTED",
+    "JsonFormatter",
+    "RedactingFilter",
+    "TextFormatter",
+    "clear_secrets",
+    "configure_logging",
+    "record_fields",
+    "redact",
+    "register_secret",
+]
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD_ATTRS = frozenset(
@@ -44,34 +39,8 @@ _STANDARD_ATTRS = frozenset(
     | {"message", "asctime", "taskName"}
 )
 _HANDLER_NAME = "streamsynth"
-
-
-def register_secret(value: str | None) -> None:
-    """Scrub ``value`` from every log line from now on (short or placeholder values are ignored,
-    since redacting "abc" everywhere would mangle ordinary text)."""
-    if value is None or value in _NOT_SECRETS or len(value) < _MIN_SECRET_LEN:
-        return
-    with _secrets_lock:
-        _secrets.add(value)
-
-
-def clear_secrets() -> None:
-    """Forget registered secrets (tests)."""
-    with _secrets_lock:
-        _secrets.clear()
-
-
-def redact(text: str) -> str:
-    """``text`` with registered secrets and credential patterns replaced by ``[REDACTED]``."""
-    with _secrets_lock:
-        # Longest first, so a secret that contains another is removed whole.
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    text = _PATTERNS[0].sub(REDACTED, text)
-    text = _PATTERNS[1].sub("Bearer " + REDACTED, text)
-    return _PATTERNS[2].sub(lambda m: m.group(1) + REDACTED, text)
+#: Third-party loggers whose records may carry credentials (aiokafka.conn logs auth bytes).
+_GUARDED_LOGGERS = ("aiokafka", "aiokafka.conn")
 
 
 def _redact_value(value: Any) -> Any:
@@ -116,6 +85,21 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+def guard_third_party_loggers() -> None:
+    """Put the redacting filter on aiokafka's loggers themselves (once each).
+
+    A logger's filters run for the records created on it, before any handler, so
+    its DEBUG auth lines are scrubbed whatever handlers the application installs.
+    """
+    names = set(_GUARDED_LOGGERS) | {
+        name for name in logging.root.manager.loggerDict if name.startswith("aiokafka.")
+    }
+    for name in sorted(names):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
 
 
 class JsonFormatter(logging.Formatter):
@@ -171,6 +155,7 @@ def configure_logging(settings: LoggingSettings, stream: IO[str] | None = None) 
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(settings.level)
+    guard_third_party_loggers()
     # aiohttp logs every scrape at INFO; Prometheus scraping every second drowns the rest.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return handler

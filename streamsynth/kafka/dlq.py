@@ -17,13 +17,12 @@ replay the DLQ as it is. The headers say what failed and where:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
 from streamsynth.errors import StreamsynthError
 from streamsynth.kafka.records import BadRecord
-from streamsynth.logging import redact
+from streamsynth.redact import scrub as _scrub
 
 HEADER_PREFIX: Final = "streamsynth.error."
 #: Messages are cut to this many characters: a header is not a log file.
@@ -31,24 +30,10 @@ MAX_MESSAGE_CHARS: Final = 512
 #: The stage name used for records rejected before any stage ran.
 DECODE_STAGE: Final = "decode"
 
-# Credentials in URLs (user:pass@host) and long opaque tokens (keys, JWTs) that
-# the generic redaction in streamsynth.logging does not catch by shape.
-_URL_USERINFO = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
-_LONG_TOKEN = re.compile(r"\b[A-Za-z0-9_\-]{40,}\b")
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
-
 
 def scrub(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """``message`` cut to ``limit`` characters with secret-looking parts replaced."""
-    # Cut first (bounded work on huge messages), then scrub, then cut again.
-    text = message[: limit * 2]
-    text = redact(text)
-    text = _URL_USERINFO.sub("[REDACTED]@", text)
-    text = _JWT.sub("[REDACTED]", text)
-    text = _LONG_TOKEN.sub("[REDACTED]", text)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text
+    """``message`` with anything secret-shaped removed, then cut to ``limit`` characters."""
+    return _scrub(message, limit)
 
 
 @dataclass(frozen=True, slots=True)

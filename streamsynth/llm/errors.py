@@ -11,6 +11,10 @@ import re
 from collections.abc import Mapping
 
 from streamsynth.errors import StreamsynthError
+from streamsynth.redact import scrub
+
+#: Error messages built from a server's answer are cut to this many characters.
+_MAX_MESSAGE_CHARS = 500
 
 
 class LLMError(StreamsynthError):
@@ -210,7 +214,8 @@ def status_error(
     if cls is None:
         cls = ServerError if status_code >= 500 else APIStatusError
     return cls(
-        f"HTTP {status_code}: {message}"[:500],
+        # Redacted before the cut: a key echoed across the cut must not leave a fragment.
+        scrub(f"HTTP {status_code}: {message}", _MAX_MESSAGE_CHARS),
         status_code=status_code,
         retry_after_s=parse_retry_after(headers),
         headers=headers,

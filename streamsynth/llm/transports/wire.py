@@ -18,12 +18,15 @@ import orjson
 
 from streamsynth.llm.errors import EmptyChoicesError, MalformedResponseError
 from streamsynth.llm.types import ChatRequest, ChatResult, Usage
+from streamsynth.redact import scrub
 
 __all__ = ["LoopLocal", "completion_result", "error_message", "ratelimit_headers"]
 
 T = TypeVar("T")
 
 _RATELIMIT_PREFIX = "x-ratelimit-"
+#: Bounds the work on a huge error body; far beyond what any message keeps.
+_MAX_ERROR_BODY_BYTES = 1 << 20
 
 
 class LoopLocal(Generic[T]):
@@ -111,9 +114,8 @@ def completion_result(
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise MalformedResponseError(
-            f"response is not JSON: {raw[:80]!r}", endpoint=endpoint
-        ) from exc
+        start = scrub(raw[:_MAX_ERROR_BODY_BYTES].decode("utf-8", "replace"), 80)
+        raise MalformedResponseError(f"response is not JSON: {start!r}", endpoint=endpoint) from exc
     texts, reasons = _choices(payload, endpoint)
     return ChatResult(
         texts=texts,
@@ -173,7 +175,8 @@ def ratelimit_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def error_message(raw: bytes) -> str:
-    """The ``error.message`` of an OpenAI error body, else the start of the body."""
+    """The ``error.message`` of an OpenAI error body, else the body (whole: it is redacted
+    before it is cut, in :func:`~streamsynth.llm.errors.status_error`)."""
     try:
         payload = orjson.loads(raw)
         message = payload["error"]["message"]
@@ -181,4 +184,4 @@ def error_message(raw: bytes) -> str:
             return message
     except (orjson.JSONDecodeError, KeyError, TypeError):
         pass
-    return raw[:200].decode("utf-8", "replace")
+    return raw[:_MAX_ERROR_BODY_BYTES].decode("utf-8", "replace")
