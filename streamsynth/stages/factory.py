@@ -9,7 +9,7 @@ workings: it takes the :class:`BuiltStage` list and adds topics and metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from streamsynth.config import Settings, StageSettings
@@ -55,6 +55,10 @@ def _custom_stage(
 
     if cfg.output_field is None:  # StageSettings refuses a custom stage without one
         raise StageConfigError(f"stage {cfg.stage_name!r}: a custom stage needs 'output_field'")
+    model = cfg.model or settings.llm.model
+    generation = cfg.generation.apply(GenerationConfig())
+    if cfg.response_format is not None:
+        generation = generation.model_copy(update={"response_format": cfg.response_format})
     return SyntheticStage(
         name=cfg.stage_name,
         system_prompt=cfg.system_prompt,
@@ -62,9 +66,34 @@ def _custom_stage(
         input_field=cfg.input_field or settings.record.text_field,
         output_field=cfg.output_field,
         client=client,
-        model_name=cfg.model or settings.llm.model,
-        generation_config=cfg.generation.apply(GenerationConfig()),
+        model_name=model,
+        generation_config=generation,
+        parse_retries=cfg.parse_retries,
+        on_truncated=cfg.on_truncated,
+        **_guard_fields(settings, cfg, model),
     )
+
+
+def _guard_fields(settings: Settings, cfg: StageSettings, model: str) -> dict[str, Any]:
+    """The context guard's constructor fields: the model's context, the answer floor and,
+    when the guard is on, the stage's tokenizer to count prompts with."""
+    fields: dict[str, Any] = {}
+    context = settings.llm.context_for(model)
+    if context is not None:
+        from streamsynth.engine.errors import StageConfigError
+        from streamsynth.stages.nemotron_cc.tokenizer import (
+            TokenizerUnavailableError,
+            load_tokenizer,
+        )
+
+        fields["context_tokens"] = context
+        try:
+            fields["tokenizer"] = load_tokenizer(cfg.tokenizer)
+        except TokenizerUnavailableError as exc:
+            raise StageConfigError(f"stage {cfg.stage_name!r}: tokenizer: {exc}") from exc
+    if cfg.min_output_tokens is not None:
+        fields["min_output_tokens"] = cfg.min_output_tokens
+    return fields
 
 
 def _task_stage(
