@@ -235,7 +235,8 @@ class Attempt:
         ep.breaker.on_success()
         if ep.rate.active:
             ep.rate.observe(result.headers)
-            ep.rate.settle(self._reservation, result.usage.total_tokens)
+            if result.usage.known:  # else the estimate stands
+                ep.rate.settle(self._reservation, result.usage.total_tokens)
 
     def _failed(self, exc: LLMError) -> None:
         self._settled = True

@@ -46,6 +46,9 @@ class LLMObserver:
     def on_cache_evictions(self, *, count: int) -> None:
         """The response cache dropped ``count`` answers to stay within its bound."""
 
+    def on_usage_unknown(self, *, stage: str, model: str, endpoint: str | None) -> None:
+        """An answer came without a usable usage block (kept; its tokens are not counted)."""
+
     def on_cost(self, *, stage: str, model: str, usd: float) -> None:
         """Money spent by one request, from the configured prices."""
 

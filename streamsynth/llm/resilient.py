@@ -141,6 +141,10 @@ class ResilientClient:
         return hit
 
     def _succeeded(self, request: ChatRequest, result: ChatResult) -> None:
+        if not result.usage.known:
+            self._observer.on_usage_unknown(
+                stage=request.stage, model=request.model, endpoint=result.endpoint
+            )
         usd = self._accounting.record_success(
             request.stage, request.model, result.usage, result.attempts
         )

@@ -113,14 +113,21 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens a request used; ``known`` is False when the server's usage block was
+    missing or not numbers (the counts are then 0, and the rate budget keeps its estimate)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     #: ``usage.prompt_tokens_details.cached_tokens`` when the server sends it (prefix cache).
     cached_tokens: int | None = None
+    known: bool = True
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+UNKNOWN_USAGE = Usage(known=False)
 
 
 @dataclass(slots=True)

@@ -99,6 +99,10 @@ class Metrics:
             "streamsynth_llm_cost_usd", "Money spent, from the configured per-model prices.",
             ["stage", "model"], registry=r,
         )  # fmt: skip
+        self.llm_usage_unknown = Counter(
+            "streamsynth_llm_usage_unknown", "Answers kept without a usable usage block.",
+            ["stage", "model"], registry=r,
+        )  # fmt: skip
         self.llm_circuit_open = Gauge(
             "streamsynth_llm_circuit_open", "1 while the endpoint's circuit breaker is open.",
             ["endpoint"], registry=r,
@@ -247,6 +251,9 @@ class PrometheusLLMObserver(LLMObserver):
 
     def on_cost(self, *, stage: str, model: str, usd: float) -> None:
         self.m.llm_cost.labels(stage, model).inc(usd)
+
+    def on_usage_unknown(self, *, stage: str, model: str, endpoint: str | None) -> None:
+        self.m.llm_usage_unknown.labels(stage, model).inc()
 
     def on_circuit(self, *, endpoint: str, open: bool) -> None:
         self.m.llm_circuit_open.labels(endpoint).set(1 if open else 0)

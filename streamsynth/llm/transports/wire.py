@@ -16,8 +16,8 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from streamsynth.llm.errors import EmptyChoicesError, MalformedResponseError
-from streamsynth.llm.types import ChatRequest, ChatResult, Usage
+from streamsynth.llm.errors import EmptyChoicesError, EmptyOutputError, MalformedResponseError
+from streamsynth.llm.types import UNKNOWN_USAGE, ChatRequest, ChatResult, Usage
 from streamsynth.redact import scrub
 
 __all__ = ["LoopLocal", "completion_result", "error_message", "ratelimit_headers"]
@@ -142,26 +142,50 @@ def _choices(payload: Any, endpoint: str) -> tuple[list[str], list[str | None]]:
     reasons: list[str | None] = []
     try:
         for choice in choices:
-            content = choice["message"].get("content")
-            texts.append(content if isinstance(content, str) else "")
+            texts.append(_text(choice["message"].get("content")))
             reasons.append(choice.get("finish_reason"))
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedResponseError(
             f"choice without a 'message' object: {exc!r}", endpoint=endpoint
         ) from exc
+    if any(not text.strip() for text in texts):
+        # Null content, tool calls only, whitespace: nothing a stage could publish.
+        raise EmptyOutputError("an answer has no text", endpoint=endpoint)
     return texts, reasons
 
 
+def _text(content: Any) -> str:
+    """The text of a message's content: a string, or a list of text parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = (part.get("text") if isinstance(part, dict) else part for part in content)
+        return "".join(part for part in parts if isinstance(part, str))
+    return ""
+
+
+def _count(value: Any) -> int | None:
+    """A token count, or None when it is not a non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return None
+    return int(value)
+
+
 def _usage(raw: Any) -> Usage:
+    """The usage block; missing or not numbers: unknown (counted, never a reason to fail)."""
     if not isinstance(raw, dict):
-        return Usage()
+        return UNKNOWN_USAGE
+    prompt = _count(raw.get("prompt_tokens", 0))
+    completion = _count(raw.get("completion_tokens", 0))
+    if prompt is None or completion is None:
+        return UNKNOWN_USAGE
     details = raw.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
         # The server's prefix-cache hits (OpenAI, vLLM with prefix caching) when it says.
-        cached_tokens=int(cached) if isinstance(cached, int | float) else None,
+        cached_tokens=_count(cached),
     )
 
 
