@@ -75,6 +75,14 @@ class KafkaSettings(_Section):
     ssl_keyfile: Path | None = None
     #: Password of an encrypted ssl_keyfile.
     ssl_password: SecretStr | None = None
+    #: exactly_once: each record's outputs and the offset commit covering it are written in
+    #: one Kafka transaction per input partition (needs a broker with transactions).
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    #: exactly_once: transactional ids are "{prefix}.{topic}.{partition}" (default: group_id).
+    transactional_id_prefix: str | None = None
+    transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)
+    #: exactly_once: commit before the interval once held outputs pass this many bytes.
+    transaction_max_bytes: int = Field(default=16_777_216, ge=65_536)
 
     @field_validator("bootstrap_servers")
     @classmethod
