@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from streamsynth.llm.http_client import AiohttpChatClient
-from streamsynth.stages.nemotron_cc import SEGMENT_INDEX, TASK_SPECS, TASKS, build_task_stage
 from streamsynth.local.llm_simulator import LLMSimulator
+from streamsynth.stages.nemotron_cc import SEGMENT_INDEX, TASK_SPECS, TASKS, build_task_stage
 
 DOCUMENT = "\n".join(
     f"In {1850 + 7 * i} the Halden observatory recorded {i + 3} comets, and its astronomers "
