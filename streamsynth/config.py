@@ -126,9 +126,17 @@ class ModelPrice(_Section):
     output_per_million: float = Field(ge=0.0)
 
 
+def default_cache_path() -> Path:
+    """The response cache's file in the user's cache directory (XDG on Linux, via
+    platformdirs), never in the working directory; deploy files point it at a volume."""
+    from platformdirs import user_cache_path
+
+    return user_cache_path("streamsynth") / "cache.sqlite3"
+
+
 class CacheSettings(_Section):
     kind: Literal["sqlite", "memory", "none"] = "sqlite"
-    path: Path = Path("streamsynth-cache.sqlite3")
+    path: Path = Field(default_factory=default_cache_path)
     memory_entries: int = Field(default=10_000, ge=0)
     #: The SQLite file's bound (least recently used answers are evicted beyond it).
     max_entries: int = Field(default=1_000_000, ge=1)
@@ -509,8 +517,7 @@ llm:
   # rpm: 600
   # tpm: 1000000
   cache:
-    kind: sqlite
-    path: streamsynth-cache.sqlite3
+    kind: sqlite                           # path: default ~/.cache/streamsynth/cache.sqlite3
   prices:
     meta/llama-3.3-70b-instruct: {input_per_million: 0.6, output_per_million: 0.6}
 stages:

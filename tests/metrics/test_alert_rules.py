@@ -2,42 +2,34 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+from pathlib import Path
 
-import pytest
 from promql_helpers import ALERTS, ROOT, alert_exprs, exported_names, metric_names
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (apt-get install prometheus; .ci/run does)"
-)
 DEPLOY = ROOT / "deploy" / "prometheus"
 
 
-def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
+def _promtool(promtool: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """promtool: on PATH, or provisioned into the user cache by the ``promtool`` fixture."""
     return subprocess.run(
-        [PROMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=DEPLOY, check=False
+        [str(promtool), *args], capture_output=True, text=True, timeout=60, cwd=DEPLOY, check=False
     )
 
 
-@needs_promtool
-def test_promtool_check_rules() -> None:
-    result = _promtool("check", "rules", str(ALERTS))
+def test_promtool_check_rules(promtool: Path) -> None:
+    result = _promtool(promtool, "check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alert_exprs())} rules found" in result.stdout
 
 
-@needs_promtool
-def test_promtool_rule_unit_tests() -> None:
-    result = _promtool("test", "rules", "alerts_test.yml")
+def test_promtool_rule_unit_tests(promtool: Path) -> None:
+    result = _promtool(promtool, "test", "rules", "alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
-def test_promtool_check_config() -> None:
-    result = _promtool("check", "config", "prometheus.yml")
+def test_promtool_check_config(promtool: Path) -> None:
+    result = _promtool(promtool, "check", "config", "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 from promql_helpers import (
     DASHBOARD,
     ROOT,
@@ -21,10 +20,6 @@ from promql_helpers import (
     panels,
     substitute,
 )
-
-SCHEMA_DIR = ROOT / ".cache" / "grafana-schema"
-NPM_PACKAGES = ("@grafana/schema", "typescript")
-NPM_TIMEOUT_S = 300
 
 
 def test_json_matches_generator() -> None:
@@ -92,49 +87,37 @@ def test_panel_ids_unique_and_grid_fits() -> None:
         assert pos["x"] + pos["w"] <= 24
 
 
-def _ensure_schema_packages() -> Path:
-    tsc = SCHEMA_DIR / "node_modules" / ".bin" / "tsc"
-    if tsc.exists() and (SCHEMA_DIR / "node_modules" / "@grafana" / "schema").is_dir():
-        return tsc
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: cannot fetch @grafana/schema to type-check")
-    SCHEMA_DIR.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(SCHEMA_DIR), *NPM_PACKAGES],
-        capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"npm install failed:\n{result.stderr[-2000:]}"
-    return tsc
+def _type_check(tsc: Path, dashboard: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """tsc on `const d: Dashboard = <json literal>`: object literals get excess-property checks.
+
+    ``tsc`` comes from the ``grafana_tsc`` fixture (npm packages in the user cache); the
+    source goes in a throw-away folder beside their node_modules, so imports resolve.
+    """
+    with tempfile.TemporaryDirectory(dir=tsc.parents[2], prefix="check-") as tmp:
+        source = Path(tmp) / "dashboard.ts"
+        source.write_text(
+            'import type { Dashboard } from "@grafana/schema";\n'
+            f"export const dashboard: Dashboard = {json.dumps(dashboard, indent=2)};\n"
+        )
+        return subprocess.run(
+            [str(tsc), "--noEmit", "--strict", "--module", "esnext", "--moduleResolution",
+             "bundler", "--target", "es2022", source.name],
+            capture_output=True, text=True, timeout=120, cwd=tmp, check=False,
+            env={**os.environ, "NO_COLOR": "1"},
+        )  # fmt: skip
 
 
-def _type_check(dashboard: dict[str, Any], name: str) -> subprocess.CompletedProcess[str]:
-    """tsc on `const d: Dashboard = <json literal>`: object literals get excess-property checks."""
-    tsc = _ensure_schema_packages()
-    source = SCHEMA_DIR / f"{name}.ts"
-    source.write_text(
-        'import type { Dashboard } from "@grafana/schema";\n'
-        f"export const dashboard: Dashboard = {json.dumps(dashboard, indent=2)};\n"
-    )
-    return subprocess.run(
-        [str(tsc), "--noEmit", "--strict", "--module", "esnext", "--moduleResolution", "bundler",
-         "--target", "es2022", source.name],
-        capture_output=True, text=True, timeout=120, cwd=SCHEMA_DIR, check=False,
-        env={**os.environ, "NO_COLOR": "1"},
-    )  # fmt: skip
-
-
-def test_dashboard_type_checks_against_grafana_schema() -> None:
-    result = _type_check(load_dashboard(), "streamsynth_dashboard")
+def test_dashboard_type_checks_against_grafana_schema(grafana_tsc: Path) -> None:
+    result = _type_check(grafana_tsc, load_dashboard())
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_type_check_catches_a_broken_dashboard() -> None:
+def test_type_check_catches_a_broken_dashboard(grafana_tsc: Path) -> None:
     # A control: the check must reject what Grafana's schema forbids.
     broken = load_dashboard()
     broken["panels"][1]["gridPos"]["w"] = "wide"
     broken["templating"]["list"][1]["definitely_not_a_field"] = True
-    result = _type_check(broken, "broken_dashboard")
+    result = _type_check(grafana_tsc, broken)
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "'\"definitely_not_a_field\"' does not exist in type 'VariableModel'" in out

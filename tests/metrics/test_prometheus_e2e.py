@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -29,14 +26,11 @@ from promql_helpers import ALERTS, alert_exprs, load_dashboard, panel_exprs, sub
 
 from streamsynth.local.broker import EmbeddedBroker, create_topics, free_port
 from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
+from streamsynth.testing.harness import WorkerProcess, produce
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(180),
-    pytest.mark.skipif(
-        shutil.which("prometheus") is None,
-        reason="prometheus not installed (apt-get install prometheus; .ci/run installs it)",
-    ),
 ]
 
 FAKE_API_KEY = "sk-e2e-FAKEKEY-7d41c0ffee93b2a8"
@@ -90,16 +84,8 @@ def _workload() -> list[bytes]:
 
 
 async def _produce(bootstrap: str, values: list[bytes]) -> None:
-    from aiokafka import AIOKafkaProducer
-
     await create_topics(bootstrap, {INPUT: 2, DLQ: 1, **dict.fromkeys(STAGES.values(), 1)})
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for i, value in enumerate(values):
-            await producer.send_and_wait(INPUT, value, key=str(i).encode())
-    finally:
-        await producer.stop()
+    await produce(bootstrap, INPUT, [(str(i).encode(), v) for i, v in enumerate(values)])
 
 
 def _worker_config(bootstrap: str, llm_url: str, metrics_port: int) -> dict[str, Any]:
@@ -199,14 +185,15 @@ def _sample_sum(metrics_text: str, name: str) -> float:
     return total
 
 
-def _start_prometheus(sc: Scenario, metrics_port: int) -> None:
+def _start_prometheus(sc: Scenario, bindir: Path, metrics_port: int) -> None:
     config = sc.tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump(_prometheus_config(metrics_port)))
     port = free_port()
     log = (sc.tmp / "prometheus.log").open("wb")
     sc.procs.append(
         subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+            [str(bindir / "prometheus"), f"--config.file={config}",
+             f"--web.listen-address=127.0.0.1:{port}",
              f"--storage.tsdb.path={sc.tmp / 'tsdb'}", "--web.enable-lifecycle"],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -216,16 +203,10 @@ def _start_prometheus(sc: Scenario, metrics_port: int) -> None:
 
 
 def _start_worker(sc: Scenario, bootstrap: str, llm_url: str, metrics_port: int) -> None:
-    config = sc.tmp / "worker.yaml"
-    config.write_text(yaml.safe_dump(_worker_config(bootstrap, llm_url, metrics_port)))
-    log = (sc.tmp / "worker.log").open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSYNTH_")}
-    sc.procs.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "streamsynth.kafka", "--config", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-    )  # fmt: skip
+    # As production starts it (``streamsynth run``); config and worker.log in sc.tmp.
+    worker = WorkerProcess(_worker_config(bootstrap, llm_url, metrics_port), sc.tmp).start()
+    assert worker.proc is not None
+    sc.procs.append(worker.proc)
     sc.metrics_url = f"http://127.0.0.1:{metrics_port}"
 
 
@@ -276,7 +257,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def scenario() -> Iterator[Scenario]:
+def scenario(prometheus_bin: Path) -> Iterator[Scenario]:
     with tempfile.TemporaryDirectory(prefix="metrics-e2e-") as tmp:
         sc = Scenario(Path(tmp))
         broker = EmbeddedBroker()
@@ -288,7 +269,7 @@ def scenario() -> Iterator[Scenario]:
             llm_url = sim.start()
             asyncio.run(_produce(bootstrap, _workload()))
             metrics_port = free_port()
-            _start_prometheus(sc, metrics_port)
+            _start_prometheus(sc, prometheus_bin, metrics_port)
             _start_worker(sc, bootstrap, llm_url, metrics_port)
             _wait("the worker to finish the workload", lambda: _all_done(sc), 60)
             _wait("Prometheus to scrape the final values", lambda: _prometheus_caught_up(sc), 30)
