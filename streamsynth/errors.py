@@ -3,44 +3,54 @@
 ``except StreamsynthError`` catches anything of ours. Each class says, as class
 attributes, how callers should treat it: ``error_type`` is a short bounded label
 (the DLQ ``reason`` header and the metrics use it; never free text) and
-``retryable`` says whether trying again may succeed. The families live next to
-the code that raises them; the whole hierarchy::
+``retryable`` says whether trying again may succeed (the ``retry`` column). The
+families live next to the code that raises them; the whole hierarchy::
 
-    class                                     error_type            retryable
-    StreamsynthError                          streamsynth           no
-    ├── ConfigError (also ValueError)         config                no
-    ├── BrokerUnavailableError (RuntimeError) broker_unavailable    yes
-    ├── SinkClosedError (also RuntimeError)   sink_closed           no    kafka/sink.py
-    ├── EngineError                           engine                no    engine/errors.py
-    │   ├── MissingColumnError (also KeyError)    missing_column
-    │   ├── StageConfigError (also ValueError)    stage_config
-    │   ├── GraphError                            graph             engine/graph.py
-    │   ├── PostProcessingError                   postprocess
-    │   ├── InvalidOutputError                    invalid_output
-    │   └── TruncatedOutputError                  truncated
-    ├── TokenizerUnavailableError (RuntimeError)  tokenizer_unavailable  no
-    ├── LLMError                              llm_error             no    llm/errors.py
-    │   ├── LLMConnectionError                    connection        yes
-    │   ├── LLMTimeoutError                       timeout           yes
-    │   ├── DeadlineExceededError                 deadline          no
-    │   ├── MalformedResponseError                malformed         yes
-    │   │   ├── EmptyChoicesError                     empty_choices yes
-    │   │   └── EmptyOutputError                      empty_output  yes
-    │   ├── CircuitOpenError                      circuit_open      yes
-    │   │   └── AllCircuitsOpenError                  circuit_open  yes
-    │   └── APIStatusError                        status            no
-    │       ├── BadRequestError                       http_400      no
-    │       │   └── ContextLengthError                    context_length  no
-    │       ├── AuthenticationError                   http_401      no
-    │       ├── PermissionDeniedError                 http_403      no
-    │       ├── NotFoundError                         http_404      no
-    │       ├── RequestTimeoutError                   http_408      yes
-    │       ├── ConflictError                         http_409      yes
-    │       ├── UnprocessableEntityError              http_422      no
-    │       ├── RateLimitError                        http_429      yes
-    │       └── ServerError                           http_5xx      yes
-    ├── ModelUnavailable                      model_unavailable     no    local/model_server.py
-    └── CliError                              cli                   no    cli/errors.py
+    class                                           error_type                retry
+    StreamsynthError                                streamsynth               no
+    ├── ConfigError (ValueError)                    config                    no
+    │   └── TransactionsUnsupportedError            transactions_unsupported  no
+    ├── BrokerUnavailableError (RuntimeError)       broker_unavailable        yes
+    ├── SinkClosedError (RuntimeError)              sink_closed               no
+    ├── PartitionFencedError (RuntimeError)         producer_fenced           no
+    ├── EngineError                                 engine                    no
+    │   ├── MissingColumnError (KeyError)           missing_column            no
+    │   ├── StageConfigError (ValueError)           stage_config              no
+    │   ├── GraphError                              graph                     no
+    │   ├── PostProcessingError                     postprocess               no
+    │   ├── InvalidOutputError                      invalid_output            no
+    │   └── TruncatedOutputError                    truncated                 no
+    ├── TokenizerUnavailableError (RuntimeError)    tokenizer_unavailable     no
+    ├── LLMError                                    llm_error                 no
+    │   ├── LLMConnectionError                      connection                yes
+    │   ├── LLMTimeoutError                         timeout                   yes
+    │   ├── DeadlineExceededError                   deadline                  no
+    │   ├── MalformedResponseError                  malformed                 yes
+    │   │   ├── EmptyChoicesError                   empty_choices             yes
+    │   │   └── EmptyOutputError                    empty_output              yes
+    │   ├── CircuitOpenError                        circuit_open              yes
+    │   │   └── AllCircuitsOpenError                circuit_open              yes
+    │   └── APIStatusError                          status                    no
+    │       ├── BadRequestError                     http_400                  no
+    │       │   └── ContextLengthError              context_length            no
+    │       ├── AuthenticationError                 http_401                  no
+    │       ├── PermissionDeniedError               http_403                  no
+    │       ├── NotFoundError                       http_404                  no
+    │       ├── RequestTimeoutError                 http_408                  yes
+    │       ├── ConflictError                       http_409                  yes
+    │       ├── UnprocessableEntityError            http_422                  no
+    │       ├── RateLimitError                      http_429                  yes
+    │       └── ServerError                         http_5xx                  yes
+    ├── ModelUnavailable                            model_unavailable         no
+    ├── CliError                                    cli                       no
+    └── ToolUnavailable (RuntimeError)              tool_unavailable          no
+
+Homes: the root, ConfigError (re-exported by config.py) and BrokerUnavailableError
+here; TransactionsUnsupportedError and PartitionFencedError in kafka/transactions.py;
+SinkClosedError in kafka/sink.py; EngineError's family in engine/errors.py (GraphError
+in engine/graph.py); TokenizerUnavailableError in stages/nemotron_cc/tokenizer.py;
+LLMError's family in llm/errors.py; ModelUnavailable in local/model_server.py;
+CliError in cli/errors.py; ToolUnavailable in testing/tools.py.
 
 Foreign errors (aiohttp's, the openai SDK's, aiokafka's) are mapped into this
 tree where they enter: the LLM transports map theirs to :class:`LLMError`

@@ -23,14 +23,18 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from streamsynth.errors import StreamsynthError
+
 #: The npm packages of the dashboard type-check, and the tsc they provide.
 NPM_PACKAGES = ("@grafana/schema", "typescript")
 _APT_TIMEOUT_S = 300
 _NPM_TIMEOUT_S = 300
 
 
-class ToolUnavailable(RuntimeError):
+class ToolUnavailable(StreamsynthError, RuntimeError):
     """A tool the tests need is neither on PATH nor could be provisioned."""
+
+    error_type = "tool_unavailable"
 
 
 def tools_dir() -> Path:
