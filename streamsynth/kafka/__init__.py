@@ -1,10 +1,12 @@
 """The Kafka worker: consumer group -> stages -> output topics, at least once.
 
 Modules: ``runtime`` (the process: signals, metrics server, exit codes),
-``worker`` (the flow, rebalances, shutdown), ``offsets`` (commit tracking),
-``records`` (decode/validate/build), ``dlq`` (dead-letter headers), ``source``
-(consumer), ``sink`` (producer), ``connection`` (every aiokafka client is built
-there), ``admin`` (topics, committed offsets, lag).
+``worker`` (the flow, rebalances, shutdown), ``inflight`` (partition states and
+the bounded in-flight window), ``routing`` (outcomes -> messages to publish),
+``offsets`` (commit tracking), ``records`` (decode/validate/build), ``dlq``
+(dead-letter headers), ``source`` (consumer), ``sink`` (producer),
+``connection`` (every aiokafka client is built there), ``admin`` (topics,
+committed offsets, lag).
 
 Exports are imported lazily: both process entries import this package before
 they capture early signals, so it must not pull in aiokafka or the LLM stack.

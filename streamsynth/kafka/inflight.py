@@ -1,0 +1,230 @@
+"""Records in flight: per-partition state and the bounded window over all partitions.
+
+:class:`PartitionState` is one assigned partition: its :class:`OffsetTracker`, the
+records (:class:`Job`) it has in flight, an ``idle`` event for the revoke drain, and
+an explicit :class:`PartitionStatus`::
+
+    ASSIGNED ──start_draining()──> DRAINING ──close()──> CLOSED
+      fetch, process, commit         no fetch; in-flight    nothing marked done,
+                                     records finish; the    nothing committed: the
+                                     finished prefix is     partition belongs to
+                                     committed              its next owner
+
+:class:`InflightWindow` owns every partition's state and the one count of records
+fetched and not finished (``count``; always the sum of the partitions' job sets,
+which change only through the window). When the count reaches ``max_inflight``
+every assigned partition is paused; they are resumed when it falls to
+``resume_at`` (hysteresis, so the consumer does not flap). The window decides; the
+worker applies the decision to the consumer, so this module needs no Kafka client.
+
+State-changing methods say who calls them ("Caller") and what they change
+("Affects"), as aiokafka's ``subscription_state`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from streamsynth.kafka.offsets import OffsetTracker
+
+if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord, TopicPartition
+
+#: Resume paused partitions once the window is this full (hysteresis against flapping).
+RESUME_FRACTION = 0.75
+
+
+class PartitionStatus(enum.Enum):
+    ASSIGNED = "assigned"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One input record on its way through the stages and the sink."""
+
+    part: PartitionState
+    msg: ConsumerRecord[bytes, bytes]
+    #: Publications not acknowledged yet.
+    remaining: int = 0
+    task: asyncio.Task[None] | None = None
+    #: Finished or abandoned: late acknowledgements are ignored.
+    finished: bool = False
+
+
+class PartitionState:
+    """One assigned partition (one assignment generation). See the module doc."""
+
+    __slots__ = ("idle", "jobs", "status", "tp", "tracker")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.tracker = OffsetTracker()
+        self.jobs: set[Job] = set()
+        #: Set while no record of this partition is in flight (what a drain waits for).
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.status = PartitionStatus.ASSIGNED
+
+    @property
+    def fetching(self) -> bool:
+        """Whether fetched records of this partition are still taken on."""
+        return self.status is PartitionStatus.ASSIGNED
+
+    @property
+    def closed(self) -> bool:
+        return self.status is PartitionStatus.CLOSED
+
+    def start_draining(self) -> None:
+        """Caller: the window, on revoke or shutdown. Affects: status (ASSIGNED -> DRAINING)."""
+        if self.status is PartitionStatus.ASSIGNED:
+            self.status = PartitionStatus.DRAINING
+
+    def to_commit(self) -> int | None:
+        """The offset to commit now (None: nothing new, or the partition is closed)."""
+        return None if self.closed else self.tracker.to_commit()
+
+    def committed(self, position: int) -> None:
+        """Caller: the worker, after the broker accepted a commit. Affects: tracker.committed."""
+        self.tracker.committed = position
+
+
+class InflightWindow:
+    """Every assigned partition and the bounded count of records in flight."""
+
+    def __init__(self, max_inflight: int, resume_fraction: float = RESUME_FRACTION) -> None:
+        self.max_inflight = max_inflight
+        self.resume_at = max(0, int(max_inflight * resume_fraction))
+        self.parts: dict[TopicPartition, PartitionState] = {}
+        #: Partitions paused for backpressure (a draining partition is paused outside it).
+        self.paused: set[TopicPartition] = set()
+        self.backpressure = False
+        #: Records fetched and not finished, over all partitions.
+        self.count = 0
+        #: Set when the count falls to ``resume_at``: the consume loop waits on it.
+        self.room = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        return self.max_inflight - self.count
+
+    # -- assignment -----------------------------------------------------------------------
+    def assign(self, tps: set[TopicPartition]) -> list[TopicPartition]:
+        """Take on newly assigned partitions; returns those to pause (window full).
+
+        Caller: the worker's ``on_assigned``. Affects: parts, paused.
+        """
+        for tp in tps:
+            if tp not in self.parts:
+                self.parts[tp] = PartitionState(tp)
+        if not self.backpressure:
+            return []
+        fresh = [tp for tp in tps if tp not in self.paused]
+        self.paused.update(fresh)
+        return fresh
+
+    def start_draining(self, parts: list[PartitionState]) -> list[TopicPartition]:
+        """Stop taking on records of ``parts``; returns those the consumer must pause.
+
+        Caller: the worker's release (revoke, shutdown). Affects: each part's status.
+        The partitions are paused outside ``paused``, so a resume never wakes them.
+        """
+        for part in parts:
+            part.start_draining()
+        return [p.tp for p in parts if p.tp not in self.paused]
+
+    def close(self, parts: list[PartitionState]) -> int:
+        """Forget ``parts``, cancelling their unfinished records; returns how many.
+
+        Caller: the worker's release, after the drain and the last commit.
+        Affects: each part's status (-> CLOSED) and jobs, count, parts, paused, room.
+        """
+        abandoned = 0
+        for part in parts:
+            part.status = PartitionStatus.CLOSED
+            abandoned += self._abandon(part)
+            self.parts.pop(part.tp, None)
+            self.paused.discard(part.tp)
+        return abandoned
+
+    # -- records --------------------------------------------------------------------------
+    def fetching(self, tp: TopicPartition) -> PartitionState | None:
+        """The partition's state if its fetched records are still ours to process."""
+        part = self.parts.get(tp)
+        return part if part is not None and part.fetching else None
+
+    def admit(self, part: PartitionState, msg: ConsumerRecord[bytes, bytes]) -> Job | None:
+        """Put a fetched record in flight; None when it is already in flight or done.
+
+        Caller: the consume loop. Affects: part.tracker, part.jobs, part.idle, count.
+        """
+        if not part.tracker.add(msg.offset):
+            return None  # fetched again in this generation
+        job = Job(part, msg)
+        part.jobs.add(job)
+        part.idle.clear()
+        self.count += 1
+        return job
+
+    def finish(self, job: Job) -> None:
+        """The record is done (every publication acknowledged): its offset may be committed.
+
+        Caller: the worker's acknowledgement path. Affects: job.finished, part.jobs,
+        part.tracker (unless closed), part.idle, count, room.
+        """
+        job.finished = True
+        part = job.part
+        part.jobs.discard(job)
+        self.count -= 1
+        if not part.closed:
+            part.tracker.done(job.msg.offset)
+        if not part.jobs:
+            part.idle.set()
+        if self.count <= self.resume_at:
+            self.room.set()
+
+    def _abandon(self, part: PartitionState) -> int:
+        jobs = list(part.jobs)
+        for job in jobs:
+            job.finished = True
+            if job.task is not None and not job.task.done():
+                job.task.cancel()
+        part.jobs.clear()
+        part.idle.set()
+        self.count -= len(jobs)
+        if self.count <= self.resume_at:
+            self.room.set()
+        return len(jobs)
+
+    # -- backpressure ---------------------------------------------------------------------
+    def update_backpressure(self) -> tuple[list[TopicPartition], list[TopicPartition]]:
+        """Pause everything at ``max_inflight``, resume at ``resume_at``: (to_pause, to_resume).
+
+        Caller: the consume loop, before each fetch. Affects: backpressure, paused.
+        """
+        if not self.backpressure and self.count >= self.max_inflight:
+            self.backpressure = True
+            to_pause = [tp for tp in self.parts if tp not in self.paused]
+            self.paused.update(to_pause)
+            return to_pause, []
+        if self.backpressure and self.count <= self.resume_at:
+            self.backpressure = False
+            to_resume = [tp for tp in self.paused if self.parts[tp].fetching]
+            self.paused.difference_update(to_resume)
+            return [], to_resume
+        return [], []
+
+
+async def drained(parts: list[PartitionState], timeout_s: float) -> bool:
+    """Wait until ``parts`` have no record in flight; False when ``timeout_s`` ran out."""
+    waits = [asyncio.ensure_future(p.idle.wait()) for p in parts if p.jobs]
+    if not waits:
+        return True
+    _, pending = await asyncio.wait(waits, timeout=timeout_s)
+    for fut in pending:
+        fut.cancel()
+    return not pending

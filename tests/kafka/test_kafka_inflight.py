@@ -1,0 +1,91 @@
+"""The in-flight window and partition lifecycle (kafka/inflight.py), without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from streamsynth.kafka.inflight import InflightWindow, Job, PartitionStatus, drained
+
+TP0, TP1 = TopicPartition("in", 0), TopicPartition("in", 1)
+
+
+def _msg(tp: TopicPartition, offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        tp.topic, tp.partition, offset, 0, 0, b"k", b"v", None, 1, 1, []
+    )  # fmt: skip
+
+
+def _admit(window: InflightWindow, tp: TopicPartition, *offsets: int) -> list[Job]:
+    part = window.fetching(tp)
+    assert part is not None
+    jobs = [window.admit(part, _msg(tp, o)) for o in offsets]
+    return [j for j in jobs if j is not None]
+
+
+async def test_count_is_the_sum_of_the_partitions_jobs() -> None:
+    window = InflightWindow(max_inflight=10)
+    window.assign({TP0, TP1})
+    a = _admit(window, TP0, 0, 1, 2)
+    b = _admit(window, TP1, 0)
+    assert _admit(window, TP0, 1, 2) == []  # refetched in this generation: not twice
+    assert window.count == 4 == sum(len(p.jobs) for p in window.parts.values())
+    window.finish(a[1])
+    window.finish(b[0])
+    assert window.count == 2 and window.parts[TP1].idle.is_set()
+    assert not window.parts[TP0].idle.is_set()
+    # Offset 1 finished before 0: the commit stays at the first unfinished record.
+    assert window.parts[TP0].to_commit() == 0
+    window.finish(a[0])
+    assert window.parts[TP0].to_commit() == 2
+
+
+async def test_pause_at_the_limit_resume_at_the_low_water_mark() -> None:
+    window = InflightWindow(max_inflight=4, resume_fraction=0.5)
+    window.assign({TP0, TP1})
+    jobs = _admit(window, TP0, 0, 1, 2) + _admit(window, TP1, 0)
+    to_pause, to_resume = window.update_backpressure()
+    assert sorted(to_pause) == [TP0, TP1] and to_resume == []
+    assert window.update_backpressure() == ([], [])  # no flapping while full
+    window.finish(jobs[0])
+    assert window.update_backpressure() == ([], [])  # 3 > resume_at (2)
+    assert not window.room.is_set()
+    window.finish(jobs[1])
+    assert window.room.is_set()
+    to_pause, to_resume = window.update_backpressure()
+    assert to_pause == [] and sorted(to_resume) == [TP0, TP1]
+    assert not window.backpressure and window.paused == set()
+
+
+async def test_partition_assigned_while_full_is_paused_at_once() -> None:
+    window = InflightWindow(max_inflight=1)
+    window.assign({TP0})
+    _admit(window, TP0, 0)
+    window.update_backpressure()
+    assert window.assign({TP1}) == [TP1]
+    assert window.paused == {TP0, TP1}
+
+
+async def test_release_drains_then_closes_and_cancels_the_rest() -> None:
+    window = InflightWindow(max_inflight=10)
+    window.assign({TP0, TP1})
+    done, stuck = _admit(window, TP0, 0, 1)
+    stuck.task = asyncio.get_running_loop().create_task(asyncio.sleep(60))
+    window.update_backpressure()
+    part = window.parts[TP0]
+
+    # A draining partition is paused but not for backpressure: a resume must not wake it.
+    assert window.start_draining([part]) == [TP0]
+    assert part.status is PartitionStatus.DRAINING and window.fetching(TP0) is None
+    window.finish(done)  # finishing while draining still marks the offset done
+    assert part.to_commit() == 1
+    assert not await drained([part], 0.05)  # the stuck record holds the drain
+
+    assert window.close([part]) == 1
+    assert part.status is PartitionStatus.CLOSED and stuck.finished
+    await asyncio.sleep(0)
+    assert stuck.task.cancelled()
+    assert TP0 not in window.parts and window.count == 0
+    assert part.to_commit() is None  # closed: nothing more is committed for it
+    assert await drained([window.parts[TP1]], 0.05)
