@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
+from streamsynth.stages.nemotron_cc.compat import ALL_FIXES, Fix
 from streamsynth.stages.nemotron_cc.postprocess import (
     PASSAGE_HEADINGS,
     Dropped,
@@ -331,3 +333,43 @@ def test_postprocess_extract_knowledge_removes_passage_headings() -> None:
     assert postprocess_extract_knowledge(
         answer, "length", tokenizer=WORDS, max_tokens=1398, min_tokens=50
     ) == Dropped(FilterReason.TRUNCATED)
+
+
+# -- curator_compat: every README example, both ways ---------------------------------
+
+EXACT: frozenset[Fix] = frozenset()
+
+
+def test_knowledge_list_strips_each_line_after_the_bullet_in_both_modes() -> None:
+    text = "Facts:\n-  spaced item   \n  indented item  "
+    assert clean_knowledge_list(text) == "spaced item\nindented item"
+    assert clean_knowledge_list(text, fixes=EXACT) == "spaced item\nindented item"
+
+
+@pytest.mark.parametrize(
+    ("call", "fixed", "curator"),
+    [
+        (lambda f: remove_markdown("snake_case_name, 2*3*4 http://a.org/x_y_z", fixes=f),
+         "snake_case_name, 2*3*4 http://a.org/x_y_z", "snakecasename, 234 http://a.org/xyz"),
+        (lambda f: remove_markdown("**b** *i* _u_ [t](http://u)", fixes=f), "b i u http://u",
+         "b i u http://u"),
+        (lambda f: remove_wrapping_quotes('"A." and then "B."', fixes=f),
+         '"A." and then "B."', 'A." and then "B.'),
+        (lambda f: remove_wrapping_quotes("\u201cA.\u201d", fixes=f), "A.", "\u201cA.\u201d"),
+        (lambda f: remove_wrapping_quotes('" x "', fixes=f), "x", " x "),
+        (lambda f: strip_prefix(f"\n {WIKIPEDIA_PREFIX} Body", WIKIPEDIA_PREFIX, fixes=f),
+         "Body", None),
+        (lambda f: remove_lines(" Passage 1: \nText\n", PASSAGE_HEADINGS, fixes=f),
+         "Text", " Passage 1: \nText\n"),
+        (lambda f: clean_knowledge_list("  - a\n- b", fixes=f), "a\nb", "b"),
+        (lambda f: clean_knowledge_list("\n\n- a", fixes=f), "a", "\na"),
+        (lambda f: parse_qa_pairs(f"{QA_PREFIX} Question: Q? Answer: A.", QA_PREFIX, fixes=f),
+         ["Question: Q? Answer: A."], []),
+        (lambda f: is_truncated("short", "length", WORDS, 598, fixes=f), True, False),
+        (lambda f: at_least("  ", WORDS, None, fixes=f), Dropped(FilterReason.OUTPUT_TOO_SHORT),
+         "  "),
+    ],
+)  # fmt: skip
+def test_fixes_and_curators_rule(call: Any, fixed: Any, curator: Any) -> None:
+    assert call(ALL_FIXES) == fixed
+    assert call(EXACT) == curator

@@ -468,3 +468,96 @@ def test_custom_prompt_without_the_prefix_warns(caplog: pytest.LogCaptureFixture
 def test_outcome_type() -> None:
     # Guards the contract the worker relies on.
     assert RecordOutcome().ok
+
+
+# -- tasks as data, fidelity options -------------------------------------------------
+
+
+def test_tasks_derive_from_the_registry() -> None:
+    from streamsynth.config import TASK_CHOICES
+    from streamsynth.stages.nemotron_cc import TASK_NAMES
+
+    assert tuple(TASKS) == tuple(TASK_SPECS) == TASK_NAMES
+    assert (*TASK_NAMES, "custom") == TASK_CHOICES
+    for task, cls in TASKS.items():
+        assert cls.__name__ == TASK_SPECS[task].class_name  # Curator's class names
+        assert cls.spec is TASK_SPECS[task]
+        # The class carries its spec and nothing else.
+        assert {k for k in vars(cls) if not k.startswith("_")} == {"spec"}
+        stage, _ = make(task, good_reply(task))
+        assert (stage.name, stage.output_field) == (cls.spec.stage_name, cls.spec.output_field)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_segment_budget_leaves_room_for_the_prompt(task: str) -> None:
+    spec = TASK_SPECS[task]
+    stage, _ = make(task, good_reply(task))
+    prompt_tokens = stage.tokenizer.count(f"{spec.system_prompt}\n{spec.prompt}")
+    assert stage.segment_budget == spec.max_input_tokens - prompt_tokens - 2
+    pre = stage.preprocess(document(200))
+    assert len(pre.segments) >= 3
+    for segment in pre.segments:
+        assert segment.tokens <= stage.segment_budget
+        sent = f"{spec.system_prompt}\n{spec.prompt.replace('{document}', segment.text)}"
+        assert stage.tokenizer.count(sent) <= spec.max_input_tokens
+
+
+def test_a_prompt_that_leaves_no_room_is_a_config_error() -> None:
+    huge = "Summarize. " * 600 + "{document}"
+    with pytest.raises(StageConfigError, match="leaves"):
+        make("knowledge_list", good_reply("knowledge_list"), prompt=huge)
+
+
+def test_curator_compat_selects_the_fixes() -> None:
+    from streamsynth.stages.nemotron_cc import ALL_FIXES, Fix
+
+    exact, _ = make("distill", good_reply("distill"), curator_compat="exact")
+    fixes, _ = make("distill", good_reply("distill"))
+    assert exact.fixes == frozenset() and fixes.fixes == ALL_FIXES
+    assert exact.generation_config is not None and exact.generation_config.stop == ["['</s>']"]
+    assert Fix.STOP_LIST in fixes.fixes
+    with pytest.raises(StageConfigError, match="curator_compat"):
+        make("distill", good_reply("distill"), curator_compat="bogus")
+
+
+def test_name_option_is_passed_in() -> None:
+    stage, _ = make("distill", good_reply("distill"), name="my-distill")
+    assert stage.name == "my-distill"
+
+
+async def test_id_field_drives_diverse_qa_sampling_seed() -> None:
+    stage, _ = make("diverse_qa", many_pairs, id_field="doc_id")
+    text = document(8)
+    # Same doc_id, different "id": the same sample; another doc_id: another sample.
+    records = [
+        {"doc_id": "d1", "id": "x", "text": text},
+        {"doc_id": "d1", "id": "y", "text": text},
+        *({"doc_id": f"d{i}", "id": "x", "text": text} for i in range(2, 12)),
+    ]
+    outputs = [(await stage.aprocess_record(r)).outputs[0].data["diverse_qa"] for r in records]
+    assert outputs[0] == outputs[1]
+    assert len(set(outputs[1:])) > 1
+    first = stage.record_rng(records[0], text).random()
+    assert stage.record_rng(records[1], text).random() == first
+    assert stage.record_rng({"id": "x", "text": text}, text).random() != first  # no doc_id: text
+
+
+def test_config_keys_and_errors_name_the_field() -> None:
+    from streamsynth.config import ConfigError, settings_from_dict
+
+    def config(**stage: Any) -> dict[str, Any]:
+        base = {"task": "distill", "output_topic": "out", **stage}
+        return {
+            "kafka": {"bootstrap_servers": "127.0.0.1:9092", "input_topic": "in", "dlq_topic": "dlq"},
+            "llm": {"base_url": "http://127.0.0.1:8000/v1", "model": "m"},
+            "stages": [base],
+        }
+
+    [stage] = settings_from_dict(config()).stages
+    assert (stage.curator_compat, stage.count_special_tokens) == ("fixes", None)
+    [stage] = settings_from_dict(config(curator_compat="exact", count_special_tokens=False)).stages
+    assert (stage.curator_compat, stage.count_special_tokens) == ("exact", False)
+    with pytest.raises(ConfigError, match=r"stages\.0\.curator_compat"):
+        settings_from_dict(config(curator_compat="bit-for-bit"))
+    with pytest.raises(ConfigError, match=r"stages\.0\.task.*unknown task 'summarize'"):
+        settings_from_dict(config(task="summarize"))

@@ -97,3 +97,36 @@ def test_tiktoken_disabled_cache_and_unknown_encoding(monkeypatch: pytest.Monkey
         TiktokenTokenizer("o200k_base")
     with pytest.raises(TokenizerUnavailableError, match="unknown tiktoken encoding"):
         TiktokenTokenizer("no_such_encoding")
+
+
+def _bos_tokenizer_file(tmp_path: Path) -> Path:
+    tokenizers = pytest.importorskip("tokenizers")
+    model = tokenizers.models.WordLevel(
+        {"[UNK]": 0, "<s>": 1, "hello": 2, "world": 3}, unk_token="[UNK]"
+    )
+    hf = tokenizers.Tokenizer(model)
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    hf.add_special_tokens(["<s>"])
+    hf.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )  # a Llama-style file: encode() adds BOS
+    path = tmp_path / "bos.json"
+    hf.save(str(path))
+    return path
+
+
+def test_hf_counts_follow_the_tokenizers_default_for_special_tokens(tmp_path: Path) -> None:
+    path = _bos_tokenizer_file(tmp_path)
+    default = load_tokenizer(f"hf:{path}")
+    assert isinstance(default, HFTokenizer)
+    # As Curator's tokenizer.encode(text): BOS counted, in every count (even of "").
+    assert default.count("hello world") == 3 and default.count("") == 1
+    assert default.count_plain("hello world") == 2  # Curator's tokenize(): text only
+    off = load_tokenizer(f"hf:{path}", special_tokens=False)
+    assert off.count("hello world") == 2 and off.count("") == 0
+
+
+def test_count_plain_falls_back_to_count() -> None:
+    from streamsynth.stages.nemotron_cc.tokenizer import count_plain
+
+    assert count_plain(ApproxTokenizer(), "The cat sat.") == 4
