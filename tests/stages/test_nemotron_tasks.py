@@ -548,7 +548,7 @@ def test_config_keys_and_errors_name_the_field() -> None:
     def config(**stage: Any) -> dict[str, Any]:
         base = {"task": "distill", "output_topic": "out", **stage}
         return {
-            "kafka": {"bootstrap_servers": "127.0.0.1:9092", "input_topic": "in", "dlq_topic": "dlq"},
+            "kafka": {"bootstrap_servers": "127.0.0.1:9092", "input_topic": "in", "dlq_topic": "d"},
             "llm": {"base_url": "http://127.0.0.1:8000/v1", "model": "m"},
             "stages": [base],
         }
