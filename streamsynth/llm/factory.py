@@ -23,6 +23,7 @@ from streamsynth.llm.pool import EndpointPool
 from streamsynth.llm.ratelimit import RateLimiter
 from streamsynth.llm.resilient import ResilientClient
 from streamsynth.llm.retry import RetryPolicy
+from streamsynth.redact import redact
 
 if TYPE_CHECKING:  # config imports this package: no runtime import back
     from streamsynth.config import LLMSettings
@@ -72,24 +73,27 @@ def build_cache(
 def build_endpoint(
     settings: LLMSettings, url: str, api_key: str, observer: LLMObserver
 ) -> Endpoint:
+    # ``label`` names the endpoint in metrics, logs and errors; only the transport sees
+    # the URL itself (config rejects credentials in it; this keeps any query token out).
+    label = redact(url)
     return Endpoint(
-        url=url,
+        url=label,
         transport=build_transport(settings, url, api_key),
         limiter=AdaptiveLimiter(
-            url,
+            label,
             max_limit=settings.max_concurrency,
             min_limit=settings.min_concurrency,
             adaptive=settings.adaptive_concurrency,
             observer=observer,
         ),
         breaker=CircuitBreaker(
-            url,
+            label,
             failure_threshold=settings.breaker_failures,
             reset_s=settings.breaker_reset_s,
             observer=observer,
         ),
         rate=RateLimiter(
-            url,
+            label,
             rpm=settings.rpm,
             tpm=settings.tpm,
             learn=settings.learn_rate_limits,

@@ -188,12 +188,12 @@ class ResilientClient:
             if outcome is None:  # not sent: the endpoint went bad while we queued for it
                 continue
             attempts += 1
+            # The endpoint's label, not the transport's URL, goes on into metrics and outputs.
+            outcome.endpoint = endpoint.url
+            outcome.attempts = attempts
             if isinstance(outcome, ChatResult):
-                outcome.attempts = attempts
                 outcome.latency_s = time.perf_counter() - start
                 return outcome
-            outcome.attempts = attempts
-            outcome.endpoint = outcome.endpoint or endpoint.url
             if not policy.should_retry(outcome, attempts):
                 raise outcome
             delay = policy.delay_s(attempts, outcome)
