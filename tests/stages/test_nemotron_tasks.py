@@ -561,3 +561,13 @@ def test_config_keys_and_errors_name_the_field() -> None:
         settings_from_dict(config(curator_compat="bit-for-bit"))
     with pytest.raises(ConfigError, match=r"stages\.0\.task.*unknown task 'summarize'"):
         settings_from_dict(config(task="summarize"))
+
+
+def test_guard_and_truncation_options_are_forwarded() -> None:
+    stage, _ = make(
+        "distill", good_reply("distill"), context_tokens=4096, min_output_tokens=64,
+        on_truncated="dlq",
+    )  # fmt: skip
+    assert (stage.context_tokens, stage.min_output_tokens, stage.on_truncated) == (4096, 64, "dlq")
+    default, _ = make("distill", good_reply("distill"))
+    assert (default.context_tokens, default.on_truncated) == (None, None)

@@ -490,6 +490,9 @@ def build_task_stage(
     name: str | None = None,
     id_field: str = "id",
     count_special_tokens: bool | None = None,
+    context_tokens: int | None = None,
+    min_output_tokens: int | None = None,
+    on_truncated: Literal["filter", "dlq"] | None = None,
 ) -> NemotronCCStage:
     """A task stage from config values.
 
@@ -501,6 +504,9 @@ def build_task_stage(
     ``"exact"`` reproduces NeMo Curator 1.4.0 bit for bit, ``"fixes"`` applies the
     documented fixes (:class:`~streamsynth.stages.nemotron_cc.compat.Fix`).
     ``id_field`` names the record's id (it seeds DiverseQA's sampling).
+    ``context_tokens``, ``min_output_tokens`` and ``on_truncated`` are
+    :class:`SyntheticStage`'s context guard and truncation handling (None: its
+    defaults; ``filter`` and None keep the task's own truncation filter).
     """
     try:
         cls = TASKS[task]
@@ -519,6 +525,8 @@ def build_task_stage(
         overrides["prompt"] = prompt
     if name is not None:
         overrides["name"] = name
+    if min_output_tokens is not None:
+        overrides["min_output_tokens"] = min_output_tokens
     return cls(
         client=client,
         model_name=model_name,
@@ -528,6 +536,8 @@ def build_task_stage(
         input_field=input_field,
         id_field=id_field,
         fixes=fixes,
+        context_tokens=context_tokens,
+        on_truncated=on_truncated,
         **overrides,
     )
 
