@@ -165,6 +165,9 @@ async def arun_worker(
     from aiokafka.errors import KafkaError
 
     from streamsynth.kafka.worker import Worker
+
+    if settings.kafka.processing_guarantee == "exactly_once":
+        from streamsynth.kafka.exactly_once import ExactlyOnceWorker as Worker  # type: ignore[assignment]
     from streamsynth.metrics.health import HealthState
     from streamsynth.metrics.registry import Metrics
 
@@ -195,7 +198,7 @@ async def arun_worker(
         await background.stop()
         if server is not None:
             await server.stop()
-    return EXIT_OK
+    return worker.exit_code or EXIT_OK  # exactly_once: 3 when fenced
 
 
 def _install_loop_handlers(request_stop: Callable[[], None]) -> None:

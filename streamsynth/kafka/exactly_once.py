@@ -1,0 +1,190 @@
+"""The worker in ``exactly_once`` mode: the same flow, a transactional sink.
+
+What changes against the at-least-once :class:`~streamsynth.kafka.worker.Worker`
+(see :mod:`streamsynth.kafka.transactions` for the protocol):
+
+- a finished record's messages are *held* (not sent) and its offset marked done;
+  the record keeps its slot in the in-flight window until its transaction commits,
+  so held messages are bounded by ``max_inflight_records``;
+- a commit round runs one transaction per partition with the finished prefix's
+  messages and offset; it starts on ``commit_interval_s`` or at once when held
+  messages pass their bound;
+- on assignment the partition's producer is started first (``init_transactions``
+  fences the previous owner and resolves its open transaction), then the
+  consumer re-reads the committed offset, so records are fetched from what the
+  last committed transaction says;
+- on revoke and shutdown the drained prefix is committed in a final transaction,
+  then what is still held is dropped and any open transaction aborted;
+- ``ProducerFenced``: the worker logs it, commits nothing more for the partition,
+  stops and exits with :data:`FENCED_EXIT_CODE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from streamsynth.kafka.inflight import Job, PartitionState
+from streamsynth.kafka.routing import Publication
+from streamsynth.kafka.transactions import CommitReport, TransactionalSink, check_settings
+from streamsynth.kafka.worker import Worker
+
+log = logging.getLogger("streamsynth.kafka.exactly_once")
+
+#: Exit status after ``ProducerFenced``: another worker owns our partitions.
+FENCED_EXIT_CODE = 3
+#: Pause between commit rounds woken early (a bound passed), so a round never spins.
+MIN_ROUND_GAP_S = 0.01
+
+
+class ExactlyOnceWorker(Worker):
+    """A :class:`Worker` whose outputs and offset commits are Kafka transactions."""
+
+    _txn: TransactionalSink | None = None
+    #: Finished records per partition whose transaction has not committed yet.
+    _held: dict[TopicPartition, int]
+
+    async def _start(self) -> None:
+        check_settings(self.settings)
+        self._held = {}
+        self._txn = TransactionalSink(self.settings)
+        await self._txn.probe()  # a broker without transactions: one clear error, now
+        await super()._start()
+        log.info("exactly-once delivery", extra={"transactional_id_prefix": self._txn.prefix})
+
+    # -- a finished record: hold, do not send ------------------------------------------
+    def _publish(self, job: Job, pubs: list[Publication]) -> None:
+        part = job.part
+        if job.finished or part.closed:
+            return
+        txn = self._txn
+        assert txn is not None
+        tp = part.tp
+        # Skipped: a fenced partition commits nothing; a record fetched from a position read
+        # before the last owner's transaction resolved was already committed by that owner.
+        committed = part.tracker.committed
+        skip = (
+            txn.is_fenced(tp)
+            or tp not in txn.parts
+            or (committed is not None and job.msg.offset < committed)
+        )
+        if not skip:
+            txn.hold(tp, job.msg.offset, [pub.out for pub in pubs])
+            self._held[tp] = self._held.get(tp, 0) + 1
+            self._count(pubs)
+        job.finished = True
+        part.jobs.discard(job)
+        part.tracker.done(job.msg.offset)
+        if not part.jobs:
+            part.idle.set()
+        if skip:
+            self._release_slots(1)
+
+    def _count(self, pubs: list[Publication]) -> None:
+        for pub in pubs:
+            if pub.kind == "output":
+                self.running.by_name[pub.stage].produced.inc()
+            elif pub.kind == "dlq":
+                self.metrics.records_dlq.labels(pub.stage, pub.reason).inc()
+
+    def _release_slots(self, n: int) -> None:
+        """Give back window slots of records whose transaction committed (or was dropped)."""
+        window = self.window
+        window.count -= n
+        if window.count <= window.resume_at:
+            window.room.set()
+
+    # -- commit rounds -------------------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        interval = self.settings.worker.commit_interval_s
+        txn = self._txn
+        assert txn is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(txn.wants_commit.wait(), interval)
+            await self.commit()
+            await asyncio.sleep(MIN_ROUND_GAP_S)
+
+    async def commit(self, parts: Sequence[PartitionState] | None = None) -> bool:
+        """One transaction per partition: its finished prefix's messages and offset."""
+        txn = self._txn
+        assert txn is not None
+        async with self._commit_lock:
+            chosen = list(self.window.parts.values()) if parts is None else list(parts)
+            positions = {}
+            for part in chosen:
+                position = part.tracker.committable()
+                if not part.closed and position is not None:
+                    positions[part.tp] = position
+            report = await txn.commit(positions) if positions else CommitReport()
+            by_tp = {part.tp: part for part in chosen}
+            for tp, n in report.committed.items():
+                by_tp[tp].committed(positions[tp])
+                self._held[tp] = self._held.get(tp, 0) - n
+                self._release_slots(n)
+            if report.committed:
+                self.metrics.offset_commits.labels("ok").inc()
+            if report.failed:
+                self.metrics.offset_commits.labels("failed").inc()
+            for tp in report.fenced:
+                self._on_fenced(tp)
+            self._update_gauges(self.running.source, chosen)
+            return not report.failed and not report.fenced
+
+    def _on_fenced(self, tp: TopicPartition) -> None:
+        """Another worker took this partition over: stop its work, commit nothing, exit."""
+        self._release_slots(self._held.pop(tp, 0))
+        if self.exit_code != FENCED_EXIT_CODE:
+            log.error(
+                "fenced: another worker with the same transactional id owns partition "
+                f"{tp.topic}[{tp.partition}]; committing nothing more and exiting",
+                extra={"partition": f"{tp.topic}[{tp.partition}]", "exit_code": FENCED_EXIT_CODE},
+            )
+        self.exit_code = FENCED_EXIT_CODE
+        self.request_stop()
+
+    # -- rebalance -----------------------------------------------------------------------
+    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        await super().on_assigned(partitions)
+        txn = self._txn
+        assert txn is not None
+        try:
+            await txn.open(partitions)
+            # init_transactions resolved the last owner's open transaction: only now is
+            # the committed offset final, so fetch from it (not from a stale read).
+            if partitions:
+                found = await self.running.source.consumer.seek_to_committed(*partitions)
+                for tp, offset in found.items():
+                    part = self.window.parts.get(tp)
+                    if part is not None and offset is not None and offset >= 0:
+                        part.tracker.committed = offset
+        except (KafkaError, OSError) as exc:
+            log.error(
+                "could not start the partitions' transactional producers; stopping",
+                extra={"error": type(exc).__name__, "detail": str(exc)},
+            )
+            self.exit_code = 1
+            self.request_stop()
+
+    async def _release(self, parts: list[PartitionState], timeout_s: float, *, why: str) -> None:
+        await super()._release(parts, timeout_s, why=why)  # drain, final transaction, cancel
+        txn = self._txn
+        assert txn is not None
+        tps = [part.tp for part in parts]
+        dropped = await txn.close(tps)  # aborts an open transaction; never half-committed
+        for tp in tps:
+            self._release_slots(self._held.pop(tp, 0))
+        if dropped:
+            log.info("held records dropped (redone by the next owner)", extra={"n": dropped})
+
+    async def _shutdown(self) -> None:
+        try:
+            await super()._shutdown()
+        finally:
+            if self._txn is not None:
+                await self._txn.stop()
