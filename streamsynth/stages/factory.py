@@ -103,10 +103,13 @@ def _task_stage(
     from streamsynth.stages.nemotron_cc.tasks import build_task_stage
 
     overrides = cfg.generation.model_dump(exclude_unset=True)
+    model = cfg.model or settings.llm.model
+    # StageSettings refuses on_truncated: keep for a task (Curator drops truncated answers).
+    on_truncated = None if cfg.on_truncated == "keep" else cfg.on_truncated
     stage = build_task_stage(
         cfg.task,
         client=client,
-        model_name=cfg.model or settings.llm.model,
+        model_name=model,
         generation_config=overrides or None,
         tokenizer=cfg.tokenizer,
         seed=cfg.seed,
@@ -117,5 +120,8 @@ def _task_stage(
         name=cfg.stage_name,
         id_field=settings.record.id_field,
         count_special_tokens=cfg.count_special_tokens,
+        context_tokens=settings.llm.context_for(model),
+        min_output_tokens=cfg.min_output_tokens,
+        on_truncated=on_truncated,
     )
     return BuiltStage(cfg, stage, segmented=stage.spec.unit == "segment")
