@@ -34,6 +34,7 @@ class Stub:
     def __init__(self) -> None:
         self.message: dict[str, Any] = {"role": "assistant", "content": "fine"}
         self.usage: Any = {"prompt_tokens": 3, "completion_tokens": 2}
+        self.choices: list[Any] | None = None  # set: sent instead of one choice of message
         self.requests = 0
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -42,7 +43,8 @@ class Stub:
             "id": "x",
             "object": "chat.completion",
             "model": "m",
-            "choices": [{"index": 0, "message": self.message, "finish_reason": "stop"}],
+            "choices": self.choices
+            or [{"index": 0, "message": self.message, "finish_reason": "stop"}],
         }
         if self.usage is not ...:
             body["usage"] = self.usage
@@ -145,6 +147,20 @@ async def test_bad_usage_keeps_the_answer_and_counts_unknown_usage(
     assert result.text == "fine" and result.attempts == 1
     assert not result.usage.known and result.usage.total_tokens == 0
     assert observer.unknown == 1
+
+
+async def test_odd_choice_fields_do_not_raise_untyped_errors(stub: tuple[Stub, str]) -> None:
+    server, url = stub
+    server.choices = [
+        {"index": "b", "message": {"content": "two"}, "finish_reason": 7},
+        {"index": None, "message": {"content": "one"}, "finish_reason": "stop"},
+    ]
+    client = build_llm_client(_settings(url))
+    try:
+        result = await client.chat(REQUEST)
+    finally:
+        await client.aclose()
+    assert sorted(result.texts) == ["one", "two"] and set(result.finish_reasons) == {None, "stop"}
 
 
 async def test_good_usage_is_known(stub: tuple[Stub, str]) -> None:

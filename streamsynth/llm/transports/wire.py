@@ -137,13 +137,14 @@ def _choices(payload: Any, endpoint: str) -> tuple[list[str], list[str | None]]:
     if not choices:
         raise EmptyChoicesError("response has an empty 'choices' list", endpoint=endpoint)
     if len(choices) > 1:
-        choices = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+        choices = sorted(choices, key=_index)
     texts: list[str] = []
     reasons: list[str | None] = []
     try:
         for choice in choices:
             texts.append(_text(choice["message"].get("content")))
-            reasons.append(choice.get("finish_reason"))
+            reason = choice.get("finish_reason")
+            reasons.append(reason if isinstance(reason, str) else None)
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedResponseError(
             f"choice without a 'message' object: {exc!r}", endpoint=endpoint
@@ -152,6 +153,12 @@ def _choices(payload: Any, endpoint: str) -> tuple[list[str], list[str | None]]:
         # Null content, tool calls only, whitespace: nothing a stage could publish.
         raise EmptyOutputError("an answer has no text", endpoint=endpoint)
     return texts, reasons
+
+
+def _index(choice: Any) -> int:
+    """A choice's position; a missing or odd ``index`` sorts first instead of raising."""
+    index = choice.get("index") if isinstance(choice, dict) else None
+    return index if isinstance(index, int) and not isinstance(index, bool) else 0
 
 
 def _text(content: Any) -> str:
