@@ -4,34 +4,31 @@
 * result tables (rich) and JSON files under ``bench-results/``;
 * latency arithmetic: the simulator's seeded draws replayed, the ideal makespan of a
   perfect N-slot client, and throughput over a steady-state window;
-* Kafka helpers: produce documents, watch output/DLQ topics, read committed offsets;
-* :class:`WorkerProcess`: one streamsynth worker in a child process.
+* the workload's worker configuration (:func:`worker_settings`).
+
+Running workers and reading topics is the shared harness's job
+(:mod:`streamsynth.testing.harness`: the same worker process, producer, watcher and
+offset reads the tests use); its names are re-exported here for the benchmarks.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import heapq
 import math
 import os
 import random
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from streamsynth.local.llm_simulator import LatencyModel
+from streamsynth.testing import harness
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path("bench-results")
@@ -322,212 +319,16 @@ def worker_settings(
 
 
 @dataclass
-class WorkerProcess:
-    """``python -m streamsynth.kafka --config F`` (or any module) as a child process."""
+class WorkerProcess(harness.WorkerProcess):
+    """The harness's worker process, run from the repository root so that a benchmark
+    module given as ``module`` is importable in the child."""
 
-    settings: dict[str, Any]
-    module: str = "streamsynth.kafka"
-    extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
-    _tmp: Path | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> int:
-        fd, name = tempfile.mkstemp(prefix="bench-worker-", suffix=".yaml")
-        os.close(fd)
-        self._tmp = Path(name)
-        self._tmp.write_text(yaml.safe_dump(self.settings), encoding="utf-8")
-        # Kept open for the child's lifetime (closed in stop()), so no context manager.
-        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            prefix="bench-worker-", suffix=".log", delete=False
-        )
-        cmd = [sys.executable, "-m", self.module, "--config", str(self._tmp), *self.extra_args]
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=child_env(), stdout=self._log, stderr=subprocess.STDOUT
-        )
-        return self.proc.pid
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        if self._log is None:
-            return ""
-        return Path(self._log.name).read_text(errors="replace")[-chars:]
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (graceful drain), SIGKILL after ``timeout_s``; return the exit code.
-
-        ``log_tail()`` is for before this call: a clean exit's log is deleted here.
-        """
-        proc, self.proc = self.proc, None
-        code: int | None = None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-        if self._log is not None:
-            self._log.close()
-            if code == 0:  # a failed worker's log is left behind for inspection
-                Path(self._log.name).unlink(missing_ok=True)
-        return code
+    def __post_init__(self) -> None:
+        self.cwd = self.cwd or REPO_ROOT
+        self.env = self.env if self.env is not None else child_env()
 
 
-# -- Kafka ------------------------------------------------------------------------------
-
-
-async def produce(
-    bootstrap: str,
-    topic: str,
-    records: Iterable[dict[str, Any]],
-    *,
-    partitions: int | None = None,
-) -> int:
-    """Send JSON records (key = id); with ``partitions``, spread them round-robin."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=262_144)
-    await producer.start()
-    sent = 0
-    try:
-        futures = []
-        for rec in records:
-            part = sent % partitions if partitions else None
-            key = str(rec.get("id", sent)).encode()
-            futures.append(await producer.send(topic, orjson.dumps(rec), key=key, partition=part))
-            sent += 1
-            if len(futures) >= 5_000:
-                await asyncio.gather(*futures)
-                futures.clear()
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return sent
-
-
-@dataclass
-class Watcher:
-    """Counts records arriving on output and DLQ topics, with their times (``time.time()``).
-
-    Started before the documents are produced, from the topics' current ends, so
-    everything it sees belongs to the measured run.
-    """
-
-    bootstrap: str
-    output_topic: str
-    dlq_topic: str
-    arrivals: list[float] = field(default_factory=list)
-    dlq: int = 0
-    _consumer: Any = None
-    _task: asyncio.Task[None] | None = None
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer
-
-        self._consumer = AIOKafkaConsumer(
-            self.output_topic,
-            self.dlq_topic,
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
-            now = time.time()
-            for tp, msgs in batches.items():
-                if tp.topic == self.output_topic:
-                    # The worker's produce time (CreateTime, wall clock of this same
-                    # machine), so the watcher's own polling delay is not measured.
-                    self.arrivals.extend(
-                        m.timestamp / 1000 if m.timestamp > 0 else now for m in msgs
-                    )
-                else:
-                    self.dlq += len(msgs)
-            if batches:
-                self._changed.set()
-
-    @property
-    def done(self) -> int:
-        return len(self.arrivals) + self.dlq
-
-    async def wait_for(self, count: int, timeout_s: float) -> bool:
-        """Wait until ``count`` records (outputs + DLQ) were seen; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while self.done < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
-            if self._task is not None and self._task.done():
-                self._task.result()  # surface a consumer failure
-        return True
-
-    def reset(self) -> None:
-        self.arrivals.clear()
-        self.dlq = 0
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-
-async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    """Sum of a group's committed offsets on ``topic`` (read without joining the group)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        total = 0
-        for p in range(partitions):
-            off = await consumer.committed(TopicPartition(topic, p))
-            total += off or 0
-        return total
-    finally:
-        await consumer.stop()
-
-
-async def warm_up(
-    bootstrap: str,
-    input_topic: str,
-    watcher: Watcher,
-    *,
-    partitions: int,
-    text: str,
-    timeout_s: float = 60.0,
-) -> float:
-    """One record per partition through the running worker(s); returns the seconds taken.
-
-    Proves the group joined, every partition is assigned and the HTTP path works,
-    so the measured run starts warm.
-    """
-    t0 = time.perf_counter()
-    recs = [{"id": f"warmup-{p}", "text": text} for p in range(partitions)]
-    await produce(bootstrap, input_topic, recs, partitions=partitions)
-    if not await watcher.wait_for(partitions, timeout_s):
-        raise RuntimeError(f"warm-up: {watcher.done}/{partitions} records came back")
-    watcher.reset()
-    return time.perf_counter() - t0
+produce = harness.produce
+Watcher = harness.Watcher
+committed_total = harness.committed_total
+warm_up = harness.warm_up

@@ -189,19 +189,21 @@ class WorkerProcess:
     cwd: Path | None = None
     env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(init=False)
     _own_dir: bool = field(default=False, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.workdir is None:
+    def _directory(self) -> Path:
+        if self.workdir is None:  # made when first needed, not at construction
             self.workdir = Path(tempfile.mkdtemp(prefix=f"streamsynth-{self.name}-"))
             self._own_dir = True
-        self.log_path = self.workdir / f"{self.name}.log"
+        return self.workdir
 
     @property
     def config_path(self) -> Path:
-        assert self.workdir is not None
-        return self.workdir / f"{self.name}.yaml"
+        return self._directory() / f"{self.name}.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self._directory() / f"{self.name}.log"
 
     def command(self) -> list[str]:
         entry = ["-m", self.module] if self.module else list(RUN_COMMAND)
@@ -241,7 +243,7 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout_s: float = 15.0) -> int | None:
+    def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (graceful drain), SIGKILL after ``timeout_s``; the exit code (None if
         never started). Safe to call again."""
         if self.proc is None:
