@@ -256,3 +256,25 @@ async def test_on_truncated(client: AiohttpChatClient, action: str | None) -> No
     else:
         assert isinstance(outcome.error, TruncatedOutputError)
         assert Failure.from_exception(outcome.error, stage="s").reason == "truncated"
+
+
+def test_guard_and_truncation_keys_are_checked_at_load() -> None:
+    base: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": "127.0.0.1:9", "input_topic": "in", "dlq_topic": "dlq"},
+        "llm": {"base_url": "http://127.0.0.1:9/v1", "model": "m"},
+        "stages": [{"task": "distill", "output_topic": "o"}],
+    }
+    settings = settings_from_dict({**base, "llm": {**base["llm"], "context_tokens": 8192}})
+    assert settings.llm.context_for("m") == 8192
+    per_model = {**base["llm"], "context_tokens": {"m": 4096}}
+    settings = settings_from_dict({**base, "llm": per_model})
+    assert settings.llm.context_for("m") == 4096 and settings.llm.context_for("other") is None
+    with pytest.raises(ConfigError, match=r"llm\.context_tokens"):
+        settings_from_dict({**base, "llm": {**base["llm"], "context_tokens": 0}})
+    keep = [{"task": "distill", "output_topic": "o", "on_truncated": "keep"}]
+    with pytest.raises(ConfigError, match="on_truncated: keep is for custom stages"):
+        settings_from_dict({**base, "stages": keep})
+    with pytest.raises(ConfigError, match=r"stages\.0\.parse_retries"):
+        settings_from_dict(
+            {**base, "stages": [{"task": "distill", "output_topic": "o", "parse_retries": -1}]}
+        )
