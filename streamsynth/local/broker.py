@@ -28,6 +28,7 @@ from typing import IO, Literal
 
 from streamsynth.errors import BrokerUnavailableError
 from streamsynth.kafka.admin import create_topics
+from streamsynth.local.process import stop_process
 
 __all__ = [
     "BrokerUnavailableError",
@@ -101,13 +102,8 @@ class MotoS3Server:
         return self.endpoint
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=10)
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc = None
+        proc, self._proc = self._proc, None
+        stop_process(proc)
 
 
 @dataclass
@@ -179,16 +175,7 @@ class EmbeddedBroker:
 
     def stop(self, *, kill: bool = False) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if kill:
-                proc.kill()
-            else:
-                proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc, kill=kill)
         if self._log is not None:
             self._log.close()
             self._log = None

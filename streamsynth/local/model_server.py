@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from streamsynth.local.process import stop_process
+
 MODEL_ALIAS = "smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: The line the child prints once it listens; the address follows it.
@@ -139,16 +141,9 @@ class ModelServer:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s; safe to call twice or before :meth:`start`."""
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-            if proc.stdout is not None:
-                proc.stdout.close()
+        stop_process(proc)
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import yaml
 
 from streamsynth.kafka import admin
 from streamsynth.kafka.connection import KafkaConnection
+from streamsynth.local.process import stop_process
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -246,16 +246,7 @@ class WorkerProcess:
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (graceful drain), SIGKILL after ``timeout_s``; the exit code (None if
         never started). Safe to call again."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        code = self.proc.returncode
+        code = stop_process(self.proc, timeout_s=timeout_s)
         if self._own_dir and code == 0 and self.workdir is not None:
             with contextlib.suppress(OSError):
                 self.config_path.unlink(missing_ok=True)

@@ -1,29 +1,6 @@
-"""The worker tests' helpers: the shared harness (:mod:`streamsynth.testing.harness`)."""
+"""The worker tests' helpers are the shared harness: :mod:`streamsynth.testing.harness`
+(Topics, worker_config, WorkerProcess, produce, TopicReader, committed, ...)."""
 
 from __future__ import annotations
 
-from streamsynth.testing.harness import (
-    Received,
-    TopicReader,
-    Topics,
-    WorkerProcess,
-    committed,
-    custom_stage,
-    doc,
-    produce,
-    unique,
-    worker_config,
-)
-
-__all__ = [
-    "Received",
-    "TopicReader",
-    "Topics",
-    "WorkerProcess",
-    "committed",
-    "custom_stage",
-    "doc",
-    "produce",
-    "unique",
-    "worker_config",
-]
+from streamsynth.testing.harness import *  # noqa: F403  (this module only re-exports it)
