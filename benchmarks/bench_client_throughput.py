@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from streamsynth.llm.client import AsyncLLMClient
-from streamsynth.llm.http_client import AiohttpChatClient
-from streamsynth.llm.openai_client import AsyncOpenAIClient
+from streamsynth.llm.transports.aiohttp import AiohttpChatClient
+from streamsynth.llm.transports.openai import AsyncOpenAIClient
 from streamsynth.llm.types import ChatRequest, GenerationConfig
 from streamsynth.local.llm_simulator import SimulatorConfig, SimulatorProcess
 

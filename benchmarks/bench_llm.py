@@ -45,7 +45,7 @@ from typing import Any
 from streamsynth.config import LLMSettings
 from streamsynth.llm.client import AsyncLLMClient
 from streamsynth.llm.factory import build_llm_client
-from streamsynth.llm.http_client import AiohttpChatClient
+from streamsynth.llm.transports.aiohttp import AiohttpChatClient
 from streamsynth.llm.types import ChatRequest, GenerationConfig
 from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
 

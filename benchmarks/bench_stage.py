@@ -22,10 +22,10 @@ from pathlib import Path
 from streamsynth.engine.batch import DocumentBatch
 from streamsynth.engine.stage import ERROR_COLUMN
 from streamsynth.llm.client import AsyncLLMClient
-from streamsynth.llm.http_client import AiohttpChatClient
+from streamsynth.llm.transports.aiohttp import AiohttpChatClient
 from streamsynth.llm.types import ChatRequest, ChatResult, GenerationConfig
-from streamsynth.stages.synthetic import SyntheticStage
 from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
+from streamsynth.stages.synthetic import SyntheticStage
 
 PROMPT = "Rewrite the following text in the style of a textbook.\n\nText: {document}"
 

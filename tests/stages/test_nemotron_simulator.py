@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from streamsynth.llm.http_client import AiohttpChatClient
+from streamsynth.llm.transports.aiohttp import AiohttpChatClient
 from streamsynth.local.llm_simulator import LLMSimulator
 from streamsynth.stages.nemotron_cc import SEGMENT_INDEX, TASK_SPECS, TASKS, build_task_stage
 
