@@ -2,8 +2,7 @@
 
 Each run is real (embedded broker, simulator process, worker subprocesses), only
 small and fast. The vs-curator run needs the NeMo Curator venv the benchmark
-creates on first use; it is skipped when that venv does not exist yet (creating it
-takes longer than this file's budget).
+creates on first use (in the user cache); it creates it when it does not exist yet.
 """
 
 from __future__ import annotations
