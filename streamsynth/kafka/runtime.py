@@ -14,9 +14,10 @@ that ships. In order:
    stop; second: exit at once), the metrics server, the background tasks (loop-lag
    sampling, console summary, LLM readiness probe), the worker itself.
 
-Exit codes: 0 after a graceful stop; 1 when the broker or the network fails;
-2 when the configuration is invalid (exactly one ``error:`` line on stderr
-naming the field, no traceback) or when a second signal forced the exit.
+Exit codes: 0 after a graceful stop; 1 when the broker or the network fails
+(one ``error:`` line too); 2 when the configuration is invalid (exactly one
+``error:`` line on stderr naming the field, no traceback) or when a second
+signal forced the exit; 3 when an exactly-once worker was fenced.
 
 Only the standard library is imported at module level: this module is imported
 before the capture is installed.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from streamsynth.config import Settings
+    from streamsynth.kafka.worker import Worker
     from streamsynth.metrics.health import HealthState
     from streamsynth.metrics.loop_lag import LoopLagMonitor
     from streamsynth.metrics.registry import Metrics
@@ -164,41 +166,70 @@ async def arun_worker(
 
     from aiokafka.errors import KafkaError
 
-    from streamsynth.kafka.worker import Worker
-
-    if settings.kafka.processing_guarantee == "exactly_once":
-        from streamsynth.kafka.exactly_once import ExactlyOnceWorker as Worker  # type: ignore[assignment]
     from streamsynth.metrics.health import HealthState
     from streamsynth.metrics.registry import Metrics
 
     log = logging.getLogger(LOGGER)
     metrics = Metrics(provider=settings.llm.provider)
     health = HealthState()
-    worker = Worker(settings, metrics=metrics, health=health)
+    worker = _worker_class(settings)(settings, metrics=metrics, health=health)
     _install_loop_handlers(worker.request_stop)
     if stop_requested is not None and stop_requested():
         log.info("stop requested during start-up: exiting")
         return EXIT_OK
     server = None
-    if settings.metrics.enabled:
-        from streamsynth.metrics.server import start_metrics_server
-
-        server = await start_metrics_server(
-            metrics, health, settings.metrics.host, settings.metrics.port
-        )
-        log.info("metrics server listening", extra={"port": server.port})
-    background = _start_background(settings, metrics, health)
+    background = None
     try:
+        if settings.metrics.enabled:
+            from streamsynth.metrics.server import start_metrics_server
+
+            server = await start_metrics_server(
+                metrics, health, settings.metrics.host, settings.metrics.port
+            )
+            log.info("metrics server listening", extra={"port": server.port})
+        background = _start_background(settings, metrics, health)
         await worker.run()
     except (KafkaError, OSError) as exc:
-        # Typically the broker is unreachable at start-up; nothing was committed.
+        # Typically the broker is unreachable at start-up, or the metrics port is taken;
+        # nothing was committed.
         log.error("worker failed", extra={"error": type(exc).__name__, "detail": str(exc)})
+        print(f"error: {one_line(failure_message(settings, exc))}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     finally:
-        await background.stop()
+        if background is not None:
+            await background.stop()
         if server is not None:
             await server.stop()
     return worker.exit_code or EXIT_OK  # exactly_once: 3 when fenced
+
+
+def _worker_class(settings: Settings) -> type[Worker]:
+    """The worker for the configured processing guarantee."""
+    if settings.kafka.processing_guarantee == "exactly_once":
+        from streamsynth.kafka.exactly_once import ExactlyOnceWorker
+
+        return ExactlyOnceWorker
+    from streamsynth.kafka.worker import Worker
+
+    return Worker
+
+
+def failure_message(settings: Settings, exc: BaseException) -> str:
+    """What an operator reads when the worker cannot run (exit 1)."""
+    from aiokafka.errors import KafkaConnectionError
+
+    name = type(exc).__name__
+    if isinstance(exc, KafkaConnectionError):
+        kafka = settings.kafka
+        hint = (
+            ""
+            if kafka.security_protocol == "PLAINTEXT"
+            else f" (check its {kafka.security_protocol} settings)"
+        )
+        return f"cannot reach the Kafka broker at {kafka.bootstrap_servers}{hint}: {name}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{name}: {exc.strerror}"
+    return f"{name}: {exc}" if str(exc) else name
 
 
 def _install_loop_handlers(request_stop: Callable[[], None]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,6 +143,43 @@ def test_config_error_found_while_starting_exits_2(entry: str, tmp_path: Path) -
     assert proc.returncode == 2, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: llm.api_key_env: environment variable {var} unset"]
+    assert "Traceback" not in out + err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_unreachable_broker_exits_1_with_one_error_line(entry: str, tmp_path: Path) -> None:
+    bootstrap = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    proc = _start(entry, _config(bootstrap), tmp_path)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot reach the Kafka broker at {bootstrap}: KafkaConnectionError"]
+    assert "Traceback" not in out + err
+
+
+def test_metrics_port_in_use_exits_1_with_one_error_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = _config("127.0.0.1:1", metrics={"enabled": True, "port": port})
+        proc = _start("streamsynth run", cfg, tmp_path)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            _stop(proc)
+    assert proc.returncode == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "address already in use" in errors[0].lower(), err
     assert "Traceback" not in out + err
 
 
