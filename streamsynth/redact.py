@@ -25,6 +25,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Iterable
+from itertools import pairwise
 
 __all__ = [
     "REDACTED",
@@ -43,8 +44,12 @@ _NOT_SECRETS = frozenset({"", "EMPTY", "none", "None", "null"})
 #: Shorter values are not registered: redacting "abc" everywhere would mangle ordinary text.
 _MIN_SECRET_LEN = 4
 
-#: A config field whose name contains one of these words holds a secret.
-SECRET_FIELD_WORDS = ("api_key", "apikey", "password", "passwd", "secret", "token", "credential")
+#: A config field (or environment variable) whose name has one of these words holds a secret.
+SECRET_FIELD_WORDS = frozenset(
+    {"apikey", "password", "passwd", "pwd", "secret", "token", "credential", "credentials"}
+)
+#: ...unless it names where the secret is (``api_key_env``, ``api_key_file``).
+_SOURCE_WORDS = frozenset({"env", "file", "path"})
 
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _SK_KEY = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}")
@@ -63,9 +68,15 @@ _matcher: re.Pattern[str] | None = None
 
 
 def is_secret_field(name: str) -> bool:
-    """Whether a config field of this name holds a secret (its value is never quoted)."""
-    lowered = name.lower()
-    return any(word in lowered for word in SECRET_FIELD_WORDS)
+    """Whether a config field of this name holds a secret (its value is never quoted).
+
+    Words are whole: ``sasl_password`` and ``STREAMSYNTH_LLM__API_KEY`` are secrets,
+    ``max_tokens`` and ``api_key_env`` (the name of a variable) are not.
+    """
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    if not words or words[-1] in _SOURCE_WORDS:
+        return False
+    return any(w in SECRET_FIELD_WORDS for w in words) or ("api", "key") in pairwise(words)
 
 
 def register_secret(value: str | None) -> None:

@@ -22,7 +22,7 @@ from streamsynth.llm.errors import LLMError
 from streamsynth.llm.factory import build_llm_client
 from streamsynth.llm.types import ChatRequest
 from streamsynth.metrics.registry import Metrics, PrometheusLLMObserver
-from streamsynth.redact import REDACTED, clear_secrets
+from streamsynth.redact import REDACTED, clear_secrets, is_secret_field, redact
 
 #: Latin-1 non-ASCII (it must travel in an HTTP header) and backslashes.
 API_KEY = "kéy\\Sécrêt\\ü-0042-zq"
@@ -146,3 +146,30 @@ def test_a_config_error_never_quotes_the_key_or_the_password() -> None:
     assert "llm.max_concurrency" in text and "kafka.bootstrap_servers" in text
     for fragment in _fragments(API_KEY) | _fragments(SASL_PASSWORD):
         assert fragment not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("api_key", True),
+        ("sasl_password", True),
+        ("STREAMSYNTH_LLM__API_KEY", True),
+        ("access_token", True),
+        ("max_tokens", False),
+        ("context_tokens", False),
+        ("api_key_env", False),  # the name of a variable, not the key
+        ("api_key_file", False),
+    ],
+)
+def test_which_fields_hold_secrets(name: str, secret: bool) -> None:
+    assert is_secret_field(name) is secret
+
+
+def test_loading_a_config_registers_only_its_secrets() -> None:
+    cfg = _config("http://127.0.0.1:9/v1")
+    cfg["llm"].pop("api_key")
+    cfg["llm"]["api_key_env"] = "MY_KEY_VARIABLE"
+    cfg["stages"][0]["generation"] = {"max_tokens": 2048}
+    settings_from_dict(cfg)
+    text = "max_tokens 2048 from MY_KEY_VARIABLE, sasl " + SASL_PASSWORD
+    assert redact(text) == f"max_tokens 2048 from MY_KEY_VARIABLE, sasl {REDACTED}"
