@@ -13,6 +13,7 @@ import random
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from streamsynth.stages.nemotron_cc.compat import ALL_FIXES, Fix
 from streamsynth.stages.nemotron_cc.preprocess import LINE_SEPARATOR, FilterReason
@@ -349,7 +350,7 @@ def postprocess_diverse_qa(
     max_tokens: int,
     prefix: str | None,
     rng: random.Random,
-    min_tokens: int,
+    min_tokens: int | None,
     fixes: Collection[Fix] = ALL_FIXES,
 ) -> PostResult:
     """DiverseQA: truncation → markdown → pairs → segment + sampled pairs → min length."""
@@ -368,7 +369,7 @@ def postprocess_extract_knowledge(
     *,
     tokenizer: Tokenizer,
     max_tokens: int,
-    min_tokens: int,
+    min_tokens: int | None,
     fixes: Collection[Fix] = ALL_FIXES,
 ) -> PostResult:
     """ExtractKnowledge: truncation → markdown → "Passage N:" headings → min length."""
@@ -384,7 +385,7 @@ def postprocess_knowledge_list(
     *,
     tokenizer: Tokenizer,
     max_tokens: int,
-    min_tokens: int,
+    min_tokens: int | None,
     fixes: Collection[Fix] = ALL_FIXES,
 ) -> PostResult:
     """KnowledgeList: truncation → markdown → list clean-up → min length."""
@@ -397,21 +398,23 @@ def postprocess_knowledge_list(
 # -- the same chains with one signature, for the task registry -----------------------
 
 
+def _common(rules: Rules) -> dict[str, Any]:
+    """The keyword arguments every chain takes, from ``rules``."""
+    return {
+        "tokenizer": rules.tokenizer,
+        "max_tokens": rules.max_tokens,
+        "min_tokens": rules.min_tokens,
+        "fixes": rules.fixes,
+    }
+
+
 def paraphrase_chain(
     answer: str, finish_reason: str | None, segment: str, rules: Rules, rng: random.Random
 ) -> PostResult:
     """:func:`postprocess_paraphrase` as a :data:`TaskPostprocess`."""
     if rules.prefix is None:
         raise ValueError("a paraphrase task needs a prefix")
-    return postprocess_paraphrase(
-        answer,
-        finish_reason,
-        tokenizer=rules.tokenizer,
-        max_tokens=rules.max_tokens,
-        prefix=rules.prefix,
-        min_tokens=rules.min_tokens,
-        fixes=rules.fixes,
-    )
+    return postprocess_paraphrase(answer, finish_reason, prefix=rules.prefix, **_common(rules))
 
 
 def diverse_qa_chain(
@@ -419,15 +422,7 @@ def diverse_qa_chain(
 ) -> PostResult:
     """:func:`postprocess_diverse_qa` as a :data:`TaskPostprocess`."""
     return postprocess_diverse_qa(
-        answer,
-        finish_reason,
-        segment,
-        tokenizer=rules.tokenizer,
-        max_tokens=rules.max_tokens,
-        prefix=rules.prefix,
-        rng=rng,
-        min_tokens=rules.min_tokens or 0,
-        fixes=rules.fixes,
+        answer, finish_reason, segment, prefix=rules.prefix, rng=rng, **_common(rules)
     )
 
 
@@ -435,25 +430,11 @@ def extract_knowledge_chain(
     answer: str, finish_reason: str | None, segment: str, rules: Rules, rng: random.Random
 ) -> PostResult:
     """:func:`postprocess_extract_knowledge` as a :data:`TaskPostprocess`."""
-    return postprocess_extract_knowledge(
-        answer,
-        finish_reason,
-        tokenizer=rules.tokenizer,
-        max_tokens=rules.max_tokens,
-        min_tokens=rules.min_tokens or 0,
-        fixes=rules.fixes,
-    )
+    return postprocess_extract_knowledge(answer, finish_reason, **_common(rules))
 
 
 def knowledge_list_chain(
     answer: str, finish_reason: str | None, segment: str, rules: Rules, rng: random.Random
 ) -> PostResult:
     """:func:`postprocess_knowledge_list` as a :data:`TaskPostprocess`."""
-    return postprocess_knowledge_list(
-        answer,
-        finish_reason,
-        tokenizer=rules.tokenizer,
-        max_tokens=rules.max_tokens,
-        min_tokens=rules.min_tokens or 0,
-        fixes=rules.fixes,
-    )
+    return postprocess_knowledge_list(answer, finish_reason, **_common(rules))
