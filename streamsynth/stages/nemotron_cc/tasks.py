@@ -1,7 +1,12 @@
-"""The five Nemotron-CC tasks as record stages.
+"""The five Nemotron-CC tasks as record stages, from one registry (:data:`TASK_SPECS`).
+
+Each task is data: a :class:`TaskSpec` (prompts, token budgets, post-processing
+chain, the tutorial's sampling). The five classes keep NeMo Curator's names and
+carry only their spec; :data:`TASKS` and the config's task names derive from it.
 
 Each stage turns one document into segments (``preprocess``), sends one LLM request
-per segment concurrently, post-processes every answer (``postprocess``) and emits:
+per segment concurrently, post-processes every answer (``postprocess_answer``, with
+the per-record ``record_rng``) and emits:
 
 * segment-unit tasks: one output row per kept segment, whose ``input_field`` holds
   the segment, with the task's output field and ``segment_index``;
