@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from streamsynth.config import Settings, settings_from_dict
+from streamsynth.kafka.connection import KafkaConnection
 from streamsynth.kafka.worker import StageSpec, Worker
 from streamsynth.llm.types import ChatRequest, ChatResult, Usage
+from streamsynth.local.broker import create_topics, kafka_bootstrap
 from streamsynth.metrics.registry import Metrics
 from streamsynth.stages.synthetic import SyntheticStage
-from streamsynth.local.broker import create_topics, kafka_bootstrap
 
 TARGET_RPS = 30_000.0
 PARTITIONS = 4
@@ -100,8 +100,8 @@ def bench_settings(bootstrap: str, base: str, *, inflight: int, batch: int) -> S
 
 
 async def fill_topic(bootstrap: str, topic: str, n: int) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024
+    producer = KafkaConnection(bootstrap_servers=bootstrap).producer(
+        acks="all", linger_ms=20, max_batch_size=512 * 1024
     )
     await producer.start()
     try:

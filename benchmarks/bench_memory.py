@@ -74,9 +74,11 @@ class Committed:
     """Reads a group's committed offsets with one long-lived consumer (never joins)."""
 
     def __init__(self, bootstrap: str, group: str, topic: str, partitions: int) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        from streamsynth.kafka.connection import KafkaConnection
+
+        self._consumer = KafkaConnection(bootstrap_servers=bootstrap).consumer(group_id=group)
         self._tps = [TopicPartition(topic, p) for p in range(partitions)]
 
     async def start(self) -> None:
