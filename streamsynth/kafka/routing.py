@@ -8,6 +8,12 @@ For each stage, in config order:
 * outputs -> one message per output on the stage's topic (one per segment for
   segment-unit tasks), keyed like the input.
 
+With a stage graph (:mod:`streamsynth.engine.graph`), :meth:`Router.route_graph`
+does the same for every stage run, upstream first: a run skipped by its ``when`` is
+published nowhere (only counted), a chained stage's outputs name their ``parent``
+(the upstream stage and its output's id), and a chained stage's dead letter says
+which upstream output it was working on.
+
 Building a stage's messages can itself fail (an output that cannot be serialized):
 that stage's record is dead-lettered instead. Nothing here logs, counts or sends:
 :class:`Routed` tells the worker what to count and log, so routing stays a pure
@@ -16,17 +22,25 @@ function of its inputs (above ``records`` and ``dlq``, below the worker).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from streamsynth.kafka.dlq import Failure, dlq_headers
-from streamsynth.kafka.records import build_filtered, build_output, output_key, source_meta
+from streamsynth.kafka.records import (
+    build_filtered,
+    build_output,
+    document_id,
+    output_id_of,
+    output_key,
+    source_meta,
+)
 from streamsynth.kafka.sink import OutMessage
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
 
+    from streamsynth.engine.graph import StageRun
     from streamsynth.engine.stage import RecordOutcome
 
 #: Stage name in the DLQ headers for a failure outside any stage (a bug in the worker).
@@ -35,12 +49,18 @@ WORKER_STAGE = "worker"
 NO_OUTPUT = "no_output"
 #: Header added when even the original value is too large for the DLQ.
 VALUE_OMITTED_HEADER = "streamsynth.error.value_omitted"
+#: Headers of a chained stage's dead letter: the upstream output the branch started from.
+PARENT_STAGE_HEADER = "streamsynth.error.parent_stage"
+PARENT_ID_HEADER = "streamsynth.error.parent_id"
 
 PublicationKind = Literal["output", "dlq", "filtered"]
 
 
 class RoutedStage(Protocol):
-    """What routing needs to know of a stage."""
+    """What routing needs to know of a stage.
+
+    A stage may also have ``prompt_sha256`` (a str or None), which enters its outputs' ids.
+    """
 
     @property
     def name(self) -> str: ...
@@ -73,6 +93,8 @@ class Routed:
     filtered: list[tuple[str, str]] = field(default_factory=list)
     #: Some stage got an answer from the LLM (readiness evidence).
     llm_answered: bool = False
+    #: The stage of every row a stage's ``when`` skipped (finished, published nowhere).
+    skipped: list[str] = field(default_factory=list)
 
 
 class Router:
@@ -103,32 +125,116 @@ class Router:
         outcomes: Sequence[RecordOutcome],
     ) -> Routed:
         """Every stage's publications for one decoded record (``outcomes`` in stage order)."""
-        key = output_key(msg.key, doc, self.id_field)
-        source = source_meta(msg.topic, msg.partition, msg.offset)
+        ctx = _Context(
+            msg, output_key(msg.key, doc, self.id_field), document_id(doc, self.id_field)
+        )
         routed = Routed()
         for stage, outcome in zip(stages, outcomes, strict=True):
-            try:
-                self._stage(routed, msg, stage, outcome, doc, key, source)
-            except Exception as exc:  # building the output failed: this stage's DLQ
-                failure = Failure.from_exception(exc, stage=stage.name)
-                routed.failures.append(failure)
-                routed.publications.append(self.dead_letter(msg, failure))
+            self._guarded(routed, ctx, stage, outcome, doc, None)
         return routed
+
+    def route_graph(
+        self,
+        msg: ConsumerRecord[bytes, bytes],
+        doc: dict[str, Any],
+        runs: Sequence[StageRun],
+        stages: Mapping[str, RoutedStage],
+    ) -> Routed:
+        """The publications of every run of a stage graph (``runs`` upstream first)."""
+        ctx = _Context(
+            msg, output_key(msg.key, doc, self.id_field), document_id(doc, self.id_field)
+        )
+        routed = Routed()
+        parents: dict[int, dict[str, str]] = {}  # id(run) -> the parent ref it was given
+        refs: dict[tuple[int, int], dict[str, str]] = {}  # (id(run), output) -> ref to it
+        for run in runs:
+            outcome = run.outcome
+            if outcome is None:
+                routed.skipped.append(run.stage)
+                continue
+            parent = None
+            upstream, index = run.parent, run.parent_index
+            if upstream is not None and index is not None:
+                parent = refs.get((id(upstream), index))
+                if parent is None:
+                    parent = self._parent_ref(ctx, upstream, index, stages, parents)
+                    refs[(id(upstream), index)] = parent
+                parents[id(run)] = parent
+            self._guarded(routed, ctx, stages[run.stage], outcome, run.row, parent)
+        return routed
+
+    def _parent_ref(
+        self,
+        ctx: _Context,
+        upstream: StageRun,
+        index: int,
+        stages: Mapping[str, RoutedStage],
+        parents: dict[int, dict[str, str]],
+    ) -> dict[str, str]:
+        """``{"stage", "id"}`` of the upstream output a chained run read (the id it was
+        published with: same arguments as its ``build_output``)."""
+        assert upstream.outcome is not None  # it ran, since it has readers
+        outputs = upstream.outcome.outputs
+        stage = stages[upstream.stage]
+        segment = _segment(stage, outputs[index].data, index, len(outputs))
+        grand = parents.get(id(upstream))
+        ident = output_id_of(
+            outputs[index],
+            stage=stage.name,
+            source=ctx.source,
+            segment=segment,
+            doc_id=ctx.doc_id,
+            prompt_sha256=_prompt_sha256(stage),
+            parent=grand,
+        )
+        return {"stage": stage.name, "id": ident}
+
+    def _guarded(
+        self,
+        routed: Routed,
+        ctx: _Context,
+        stage: RoutedStage,
+        outcome: RecordOutcome,
+        row: Mapping[str, Any],
+        parent: dict[str, str] | None,
+    ) -> None:
+        try:
+            self._stage(routed, ctx, stage, outcome, row, parent)
+        except Exception as exc:  # building the output failed: this stage's DLQ
+            failure = Failure.from_exception(exc, stage=stage.name)
+            routed.failures.append(failure)
+            routed.publications.append(self._branch_letter(ctx.msg, failure, parent))
+
+    def _branch_letter(
+        self,
+        msg: ConsumerRecord[bytes, bytes],
+        failure: Failure,
+        parent: Mapping[str, str] | None,
+    ) -> Publication:
+        pub = self.dead_letter(msg, failure)
+        if parent is not None:
+            # Several branches of one record may fail in one stage: say which one this is.
+            pub.out.headers = [
+                *(pub.out.headers or []),
+                (PARENT_STAGE_HEADER, parent["stage"].encode()),
+                (PARENT_ID_HEADER, parent["id"].encode()),
+            ]
+        return pub
 
     def _stage(
         self,
         routed: Routed,
-        msg: ConsumerRecord[bytes, bytes],
+        ctx: _Context,
         stage: RoutedStage,
         outcome: RecordOutcome,
-        doc: dict[str, Any],
-        key: bytes | None,
-        source: dict[str, Any],
+        doc: Mapping[str, Any],
+        parent: dict[str, str] | None,
     ) -> None:
+        msg, key, source = ctx.msg, ctx.key, ctx.source
         if outcome.error is not None:
             failure = Failure.from_exception(outcome.error, stage=stage.name)
             routed.failures.append(failure)
-            routed.publications.append(self.dead_letter(msg, failure))
+            routed.publications.append(self._branch_letter(msg, failure, parent))
             return
         if outcome.calls:
             routed.llm_answered = True
@@ -143,12 +249,45 @@ class Router:
                 routed.publications.append(Publication(out, "filtered", stage.name))
             return
         outputs = outcome.outputs
-        segmented = stage.segmented or len(outputs) > 1
+        prompt_sha256 = _prompt_sha256(stage)
         for i, output in enumerate(outputs):
-            segment = output.data.get("segment_index", i) if segmented else None
-            value = build_output(output, stage=stage.name, source=source, segment=segment)
+            value = build_output(
+                output,
+                stage=stage.name,
+                source=source,
+                segment=_segment(stage, output.data, i, len(outputs)),
+                doc_id=ctx.doc_id,
+                prompt_sha256=prompt_sha256,
+                parent=parent,
+            )
             out = OutMessage(stage.topic, value, key)
             routed.publications.append(Publication(out, "output", stage.name))
+
+
+@dataclass(slots=True)
+class _Context:
+    """What every publication of one input record shares."""
+
+    msg: ConsumerRecord[bytes, bytes]
+    key: bytes | None
+    doc_id: str | None
+    source: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.source = source_meta(self.msg.topic, self.msg.partition, self.msg.offset)
+
+
+def _segment(stage: RoutedStage, data: Mapping[str, Any], index: int, count: int) -> int | None:
+    """The segment number of output ``index`` of ``count`` (None for a one-row stage)."""
+    if stage.segmented or count > 1:
+        value = data.get("segment_index", index)
+        return value if isinstance(value, int) else index
+    return None
+
+
+def _prompt_sha256(stage: RoutedStage) -> str | None:
+    value = getattr(stage, "prompt_sha256", None)
+    return value if isinstance(value, str) else None
 
 
 def without_value(pub: Publication) -> Publication:

@@ -4,8 +4,12 @@ The consume loop fetches micro-batches and starts one task per record (no batch
 barrier: a slow LLM request holds back only its own record), within the bounded
 window of :mod:`~streamsynth.kafka.inflight`. A record runs all stages
 concurrently; :mod:`~streamsynth.kafka.routing` turns the outcomes into outputs,
-filtered copies or dead letters. The record is *finished* when the broker has
-acknowledged all of them; only then is its offset marked done. A commit loop
+filtered copies or dead letters. With ``when:``/``input_from:`` keys the stages form
+a graph (:mod:`streamsynth.engine.graph`): a stage runs only on the rows its
+conditions select, a chained stage on each output row of its upstream, as soon as
+that upstream is done. The record is *finished* when every stage has finished every
+row it received and the broker has acknowledged all their messages; only then is
+its offset marked done. A commit loop
 commits each partition's contiguous finished prefix on an interval, on revoke and
 at shutdown, so the committed offset never passes an unfinished record.
 
@@ -24,7 +28,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,7 +36,8 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streamsynth.config import Settings
+from streamsynth.config import ConfigError, Settings
+from streamsynth.engine.graph import StageGraph, evaluate
 from streamsynth.engine.stage import RecordOutcome, RecordStage
 from streamsynth.kafka.dlq import Failure
 from streamsynth.kafka.inflight import InflightWindow, Job, PartitionState, drained
@@ -61,15 +66,29 @@ class StageSpec:
     stage: RecordStage
     topic: str
     segmented: bool = False
+    #: Enters its outputs' ids (set at start from the stage).
+    prompt_sha256: str | None = None
     # Bound by the worker at start (prometheus children are cached per label set).
     produced: Any = None
     e2e: Any = None
     duration: Any = None
+    skipped: Any = None
 
 
 def stage_specs(built: Sequence[BuiltStage]) -> list[StageSpec]:
     """The worker's view of the configured stages: each with its output topic."""
     return [StageSpec(b.name, b.stage, b.config.output_topic, b.segmented) for b in built]
+
+
+def _graph_for(settings: Settings, specs: Sequence[StageSpec]) -> StageGraph | None:
+    """The configured stage graph, or None when it is flat (every stage on every record)."""
+    graph = settings.stage_graph()
+    if graph.is_flat():
+        return None
+    missing = sorted(set(graph.nodes) - {s.name for s in specs})
+    if missing:
+        raise ConfigError(f"stages: the graph names stages that were not built: {missing}")
+    return graph
 
 
 @dataclass(slots=True)
@@ -82,6 +101,8 @@ class _Running:
     by_name: dict[str, StageSpec]
     #: The only stage, when there is one (skips the gather).
     single: StageSpec | None
+    #: The routing/chaining graph; None when every stage runs on every record.
+    graph: StageGraph | None = None
 
 
 class Worker:
@@ -163,7 +184,10 @@ class Worker:
             spec.produced = self.metrics.records_produced.labels(spec.name, spec.topic)
             spec.e2e = self.metrics.record_e2e_latency.labels(spec.name)
             spec.duration = self.metrics.stage_duration.labels(spec.name)
+            spec.skipped = self.metrics.records_skipped.labels(spec.name)
+            spec.prompt_sha256 = spec.stage.prompt_sha256()
             await spec.stage.asetup()
+        graph = _graph_for(self.settings, specs)
         sink = Sink(self.settings)
         await sink.start()
         source = Source(self.settings, self)
@@ -172,8 +196,8 @@ class Worker:
         except BaseException:
             await sink.stop()
             raise
-        single = specs[0] if len(specs) == 1 else None
-        self._run = _Running(source, sink, specs, {s.name: s for s in specs}, single)
+        single = specs[0] if len(specs) == 1 and graph is None else None
+        self._run = _Running(source, sink, specs, {s.name: s for s in specs}, single, graph)
         self.health.mark_started()
         log.info(
             "worker started",
@@ -274,13 +298,19 @@ class Worker:
 
     async def _process(self, msg: ConsumerRecord[bytes, bytes], doc: dict[str, Any]) -> Routed:
         run = self.running
+        if run.graph is not None:
+            runs = await evaluate(run.graph, doc, self._run_named)
+            return self.router.route_graph(msg, doc, runs, run.by_name)
         if run.single is not None:
             outcomes: list[RecordOutcome] = [await self._run_stage(run.single, doc)]
         else:
             outcomes = list(await asyncio.gather(*(self._run_stage(s, doc) for s in run.stages)))
         return self.router.route(msg, doc, run.stages, outcomes)
 
-    async def _run_stage(self, spec: StageSpec, doc: dict[str, Any]) -> RecordOutcome:
+    async def _run_named(self, name: str, row: Mapping[str, Any]) -> RecordOutcome:
+        return await self._run_stage(self.running.by_name[name], row)
+
+    async def _run_stage(self, spec: StageSpec, doc: Mapping[str, Any]) -> RecordOutcome:
         start = time.perf_counter()
         try:
             outcome = await spec.stage.aprocess_record(doc)
@@ -297,6 +327,10 @@ class Worker:
             self.health.mark_llm_ok()
         for stage, reason in routed.filtered:
             self.metrics.records_filtered.labels(stage, reason).inc()
+        if routed.skipped:
+            by_name = self.running.by_name
+            for stage in routed.skipped:
+                by_name[stage].skipped.inc()
 
     # -- publishing and acknowledgements ----------------------------------------------
     def _publish(self, job: Job, pubs: list[Publication]) -> None:

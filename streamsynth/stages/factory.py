@@ -30,16 +30,43 @@ class BuiltStage:
     def name(self) -> str:
         return self.config.stage_name
 
+    @property
+    def output_field(self) -> str | None:
+        """The column this stage writes (what a stage chained on it reads by default)."""
+        outputs = self.stage.outputs()
+        return outputs[0] if outputs else None
+
 
 def build_stages(settings: Settings, client: AsyncLLMClient | LLMClient) -> list[BuiltStage]:
-    """The configured stages, in config order, sharing ``client``."""
-    return [build_stage(settings, cfg, client) for cfg in settings.stages]
+    """The configured stages, in config order, sharing ``client``.
+
+    They are built upstream first: a stage chained by ``input_from`` reads its
+    upstream's output field unless it sets ``input_field``.
+    """
+    graph = settings.stage_graph()
+    configs = {cfg.stage_name: cfg for cfg in settings.stages}
+    built: dict[str, BuiltStage] = {}
+    for name in graph.order:
+        upstream = graph.upstream_of(name)
+        reads = built[upstream].output_field if upstream is not None else None
+        built[name] = build_stage(settings, configs[name], client, default_input=reads)
+    return [built[cfg.stage_name] for cfg in settings.stages]
 
 
 def build_stage(
-    settings: Settings, cfg: StageSettings, client: AsyncLLMClient | LLMClient
+    settings: Settings,
+    cfg: StageSettings,
+    client: AsyncLLMClient | LLMClient,
+    *,
+    default_input: str | None = None,
 ) -> BuiltStage:
-    """One stage from its config entry (``settings`` gives the defaults it leaves unset)."""
+    """One stage from its config entry (``settings`` gives the defaults it leaves unset).
+
+    ``default_input`` is the input field when the entry sets none (else the record's
+    text field): the upstream's output field for a chained stage.
+    """
+    if cfg.input_field is None and default_input is not None:
+        cfg = cfg.model_copy(update={"input_field": default_input})
     if cfg.task == "custom":
         return BuiltStage(cfg, _custom_stage(settings, cfg, client))
     return _task_stage(settings, cfg, client)
