@@ -10,6 +10,7 @@ import asyncio
 import signal
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,20 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from aiokafka import ConsumerRecord
 
 from streamsynth.config import Settings, settings_from_dict
-from streamsynth.engine import DocumentBatch, Pipeline
+from streamsynth.engine import (
+    DocumentBatch,
+    GraphNode,
+    Output,
+    Pipeline,
+    RecordOutcome,
+    StageGraph,
+)
+from streamsynth.engine import evaluate as evaluate_graph
+from streamsynth.kafka.dlq import header_map
+from streamsynth.kafka.routing import Router
 from streamsynth.kafka.worker import Worker
 from streamsynth.llm.factory import build_llm_client
 from streamsynth.local.llm_simulator import LLMSimulator
@@ -211,6 +223,10 @@ async def test_chain_prompt_holds_upstream_output_parent_named_fault_dead_letter
     dlq: list[Received] = reader.records[topics.dlq]
     assert sorted(r.json()["id"] for r in dlq) == sorted(faulty)
     assert {r.headers[STAGE_HEADER] for r in dlq} == {"judge"}  # only that branch
+    for letter in dlq:  # and which upstream output the failed branch started from
+        upstream_meta = gens[letter.json()["id"]]["streamsynth"]
+        assert letter.headers["streamsynth.error.parent_stage"] == "gen"
+        assert letter.headers["streamsynth.error.parent_id"] == upstream_meta["output_id"]
     judge_prompts = [
         req["messages"][-1]["content"]
         for req in llm_sim.last_requests
@@ -395,3 +411,63 @@ async def test_engine_pipeline_gives_the_workers_rows_for_the_same_graph(
     assert from_pipeline == from_worker
     assert all(from_worker.values()), {k: len(v) for k, v in from_worker.items()}
     assert pipe.skipped["distill"] == sum(1 for r in records if r["bucketed_results"] <= 11)
+
+
+# -- routing a graph's runs, without a broker ------------------------------------------------
+def test_route_graph_publishes_upstream_first_names_parents_and_skips_nothing_published() -> None:
+    @dataclass
+    class Spec:
+        name: str
+        topic: str
+        segmented: bool = False
+        prompt_sha256: str | None = "p"
+
+    graph = StageGraph.build(
+        [
+            GraphNode("split"),
+            GraphNode("tag", input_from="split", when={"part": {"ne": "b"}}),
+            GraphNode("judge", input_from="tag"),
+        ]
+    )
+
+    async def run(stage: str, row: Any) -> RecordOutcome:
+        if stage == "split":
+            return RecordOutcome(
+                outputs=[
+                    Output({**row, "part": p, "segment_index": i}) for i, p in enumerate("abc")
+                ]
+            )
+        if stage == "judge" and row["part"] == "c":
+            return RecordOutcome(error=RuntimeError("judge down"))
+        return RecordOutcome(outputs=[Output({**row, stage: row["part"].upper()})])
+
+    doc_ = {"id": "d1", "text": "t"}
+    msg: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+        "in", 0, 7, 0, 0, b"d1", orjson.dumps(doc_), None, 2, 10, []
+    )  # fmt: skip
+    runs = asyncio.run(evaluate_graph(graph, doc_, run))
+    specs = {n: Spec(n, f"out.{n}", segmented=n == "split") for n in graph.order}
+    routed = Router(dlq_topic="dlq", filtered_topic=None, id_field="id").route_graph(
+        msg, doc_, runs, specs
+    )
+    assert routed.skipped == ["tag"]  # part "b": finished for tag, and so judge never saw it
+    by_topic: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    letters = []
+    for pub in routed.publications:
+        if pub.kind == "dlq":
+            letters.append(header_map(pub.out.headers or []))
+        else:
+            assert pub.out.value is not None
+            by_topic[pub.out.topic].append(orjson.loads(pub.out.value))
+    splits = {b["part"]: b["streamsynth"] for b in by_topic["out.split"]}
+    tags = {b["part"]: b["streamsynth"] for b in by_topic["out.tag"]}
+    assert set(splits) == {"a", "b", "c"} and set(tags) == {"a", "c"}
+    for part, meta in tags.items():
+        assert meta["parent"] == {"stage": "split", "id": splits[part]["output_id"]}
+    [judged] = by_topic["out.judge"]
+    assert judged["streamsynth"]["parent"] == {"stage": "tag", "id": tags["a"]["output_id"]}
+    # Distinct ids for the rows of one stage (the parent enters the id).
+    assert len({m["output_id"] for m in tags.values()}) == 2
+    [letter] = letters
+    assert letter["streamsynth.error.stage"] == "judge"
+    assert letter["streamsynth.error.parent_id"] == tags["c"]["output_id"]
