@@ -31,13 +31,16 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def run_demo(*args: str, timeout: float = 280) -> subprocess.CompletedProcess[str]:
+def run_demo(
+    *args: str, timeout: float = 280, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamsynth.cli.main", "demo", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=_clean_env(),
+        cwd=cwd,
         check=False,
     )
 
@@ -97,7 +100,12 @@ def test_demo_with_the_real_local_model(tmp_path: Path) -> None:
 
 def test_demo_with_the_simulator(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    done = run_demo("--simulator", "--records", "3", "--show", "2", "--output-dir", str(out))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    done = run_demo(
+        "--simulator", "--records", "3", "--show", "2", "--output-dir", str(out), cwd=cwd
+    )
+    assert list(cwd.iterdir()) == []  # nothing written where it was run
     assert done.returncode == 0, done.stderr[-3000:]
     assert "--simulator: using the LLM simulator" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
