@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from streamsynth.errors import StreamsynthError
 from streamsynth.local.process import stop_process
 
 MODEL_ALIAS = "smollm2"
@@ -46,8 +47,10 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _READY = "streamsynth-model-server listening "
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(StreamsynthError):
     """The local model could not be started (the demo then uses the simulator)."""
+
+    error_type = "model_unavailable"
 
 
 def find_gguf() -> Path:
