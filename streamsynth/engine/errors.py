@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from streamsynth.errors import StreamsynthError
+
+if TYPE_CHECKING:  # stage.py imports this module
+    from streamsynth.engine.stage import LLMCall
 
 
 class EngineError(StreamsynthError):
@@ -51,10 +56,11 @@ class InvalidOutputError(EngineError):
 
 class TruncatedOutputError(EngineError):
     """The answer stopped at ``max_tokens`` (``finish_reason: length``) and the stage's
-    ``on_truncated`` is ``dlq``."""
+    ``on_truncated`` is ``dlq``. ``call`` is what that answer cost (it was generated)."""
 
     error_type = "truncated"
 
-    def __init__(self, message: str, *, attempts: int = 0) -> None:
+    def __init__(self, message: str, *, attempts: int = 0, call: LLMCall | None = None) -> None:
         super().__init__(message)
         self.attempts = attempts
+        self.call = call

@@ -95,6 +95,8 @@ class Routed:
     llm_answered: bool = False
     #: The stage of every row a stage's ``when`` skipped (finished, published nowhere).
     skipped: list[str] = field(default_factory=list)
+    #: (stage, answers) that stopped at max_tokens, whatever became of them.
+    truncated: list[tuple[str, int]] = field(default_factory=list)
 
 
 class Router:
@@ -231,6 +233,9 @@ class Router:
         parent: dict[str, str] | None,
     ) -> None:
         msg, key, source = ctx.msg, ctx.key, ctx.source
+        truncated = sum(1 for call in outcome.calls if call.finish_reason == "length")
+        if truncated:  # counted before the verdict: kept, filtered and dead-lettered alike
+            routed.truncated.append((stage.name, truncated))
         if outcome.error is not None:
             failure = Failure.from_exception(outcome.error, stage=stage.name)
             routed.failures.append(failure)

@@ -327,6 +327,8 @@ class Worker:
             self.health.mark_llm_ok()
         for stage, reason in routed.filtered:
             self.metrics.records_filtered.labels(stage, reason).inc()
+        for stage, answers in routed.truncated:
+            self.metrics.answers_truncated.labels(stage).inc(answers)
         if routed.skipped:
             by_name = self.running.by_name
             for stage in routed.skipped:

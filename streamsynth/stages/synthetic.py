@@ -302,6 +302,7 @@ class SyntheticStage(RecordStage):
                 f"stage {self.name!r}: the answer stopped at max_tokens "
                 f"({request.config.max_tokens}) and on_truncated is dlq",
                 attempts=result.attempts,
+                call=call_of(result),
             )
         return result
 
@@ -422,6 +423,8 @@ def call_of(result: ChatResult) -> LLMCall:
 
 
 def calls_of_error(exc: BaseException, stage: SyntheticStage) -> list[LLMCall]:
+    if isinstance(exc, TruncatedOutputError) and exc.call is not None:
+        return [exc.call]  # answered (and billed), then refused by on_truncated
     # A failed request still cost attempts (never tokens we were told about).
     attempts = int(getattr(exc, "attempts", 0) or 0)
     if attempts == 0:

@@ -165,3 +165,37 @@ def test_the_schema_rejects_records_without_lineage() -> None:
     bad["streamsynth"]["endpoint"] = "http://user:pw@host/v1"
     with pytest.raises(jsonschema.ValidationError):
         validate_output(bad)
+
+
+def test_routing_counts_truncated_answers_whatever_became_of_them() -> None:
+    from dataclasses import dataclass
+
+    from aiokafka import ConsumerRecord
+
+    from streamsynth.engine.errors import TruncatedOutputError
+    from streamsynth.engine.stage import RecordOutcome
+    from streamsynth.kafka.routing import Router
+
+    @dataclass
+    class Stage:
+        name: str
+        topic: str
+        segmented: bool = False
+        prompt_sha256: str | None = None
+
+    msg: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+        "in", 0, 7, 0, 0, b"d1", b'{"id": "d1", "text": "t"}', None, 2, 25, []
+    )
+    cut = call(finish_reason="length")
+    outcomes = [
+        RecordOutcome(outputs=[Output({"id": "d1"}, [cut, cut])], calls=[cut, cut]),  # kept
+        RecordOutcome(filtered="truncated", calls=[cut]),  # on_truncated: filter
+        RecordOutcome(error=TruncatedOutputError("cut", attempts=1, call=cut), calls=[cut]),
+        RecordOutcome(outputs=[Output({"id": "d1"}, [call()])], calls=[call()]),  # not cut
+    ]
+    stages = [Stage(n, f"out.{n}") for n in "abcd"]
+    routed = Router(dlq_topic="dlq", filtered_topic=None, id_field="id").route(
+        msg, {"id": "d1", "text": "t"}, stages, outcomes
+    )
+    assert routed.truncated == [("a", 2), ("b", 1), ("c", 1)]
+    assert [f.reason for f in routed.failures] == ["truncated"]

@@ -256,6 +256,8 @@ async def test_on_truncated(client: AiohttpChatClient, action: str | None) -> No
     else:
         assert isinstance(outcome.error, TruncatedOutputError)
         assert Failure.from_exception(outcome.error, stage="s").reason == "truncated"
+        [spent] = outcome.calls  # the answer was generated: its cost is reported
+        assert spent.finish_reason == "length" and spent.completion_tokens > 0
 
 
 def test_guard_and_truncation_keys_are_checked_at_load() -> None:
