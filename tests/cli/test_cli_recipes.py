@@ -51,6 +51,28 @@ def test_nemotron_cc_recipe_validates_and_splits_by_quality(
         )
 
 
+async def test_nemotron_cc_recipe_stages_get_the_tutorials_budgets(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamsynth.llm.factory import build_llm_client
+    from streamsynth.stages.factory import build_stages
+    from streamsynth.stages.nemotron_cc.tasks import TASK_SPECS, default_generation_config
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")  # the recipe reads the key from there
+    settings = load_settings(_recipe(runner, tmp_path, "--recipe", "nemotron-cc"))
+    client = build_llm_client(settings.llm)
+    try:
+        built = {b.name: b.stage for b in build_stages(settings, client)}
+    finally:
+        await client.aclose()
+    for name, stage in built.items():
+        config = stage.generation_config  # type: ignore[attr-defined]
+        assert config == default_generation_config(TASK_SPECS[name]), name
+        # The tutorial: 1600 output tokens for the high-quality tasks, 512 for paraphrasing.
+        assert config.max_tokens == (512 if name == "wikipedia_paraphrasing" else 1600), name
+        assert (config.temperature, config.top_p) == (0.5, 0.9)
+
+
 def test_nemotron_cc_recipe_field_and_threshold(runner: CliRunner, tmp_path: Path) -> None:
     target = _recipe(
         runner, tmp_path, "--recipe", "nemotron-cc", "--quality-field", "q", "--threshold", "17"
