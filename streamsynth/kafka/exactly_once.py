@@ -150,6 +150,14 @@ class ExactlyOnceWorker(Worker):
 
     # -- rebalance -----------------------------------------------------------------------
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        if self._stopping:
+            # Stopping (fenced, or a signal): opening producers now would fence the
+            # worker that legitimately owns these partitions.
+            return
+        source = self.running.source
+        # Nothing of these partitions may be processed before their producer is open: a
+        # record finished earlier could not be held, and its offset would still commit.
+        source.pause(partitions)
         await super().on_assigned(partitions)
         txn = self._txn
         assert txn is not None
@@ -158,7 +166,7 @@ class ExactlyOnceWorker(Worker):
             # init_transactions resolved the last owner's open transaction: only now is
             # the committed offset final, so fetch from it (not from a stale read).
             if partitions:
-                found = await self.running.source.consumer.seek_to_committed(*partitions)
+                found = await source.consumer.seek_to_committed(*partitions)
                 for tp, offset in found.items():
                     part = self.window.parts.get(tp)
                     if part is not None and offset is not None and offset >= 0:
@@ -170,6 +178,9 @@ class ExactlyOnceWorker(Worker):
             )
             self.exit_code = 1
             self.request_stop()
+            return
+        # Resume what the window does not hold paused for backpressure.
+        source.resume(tp for tp in partitions if tp not in self.window.paused)
 
     async def _release(self, parts: list[PartitionState], timeout_s: float, *, why: str) -> None:
         await super()._release(parts, timeout_s, why=why)  # drain, final transaction, cancel
