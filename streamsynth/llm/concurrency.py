@@ -1,32 +1,169 @@
-"""A concurrency bound per endpoint, shared by every stage and batch of the worker.
+"""A concurrency bound per endpoint, shared by every stage and batch of the worker,
+and the controller that moves it to the server's knee.
 
 A request holds a slot only while one HTTP attempt is on the wire: the retry loop
 acquires a slot per attempt and releases it before sleeping in backoff, so a row
-waiting to retry never starves the others (NeMo Curator holds its semaphore for
-the whole retry loop, backoff included).
+waiting to retry never starves the others.
 
-The limit adapts (AIMD, as TCP congestion control does): an overload signal (429,
-503, a timeout) halves it, at most once per round trip -- only a failure of an
-attempt that *started after* the previous decrease counts, so a burst of 429s from
-one window of requests is one signal, not fifty. Each success adds ``1/limit``, so
-the limit grows by about one per window of successes, back up to ``max_limit``.
+The control law
+---------------
+The limit ``L`` is decided once per *window*: a window opens whenever ``L``
+changes, and only attempts that *started* inside it count towards it (a request
+sent under the old limit says nothing about the new one). It closes once
+``window_samples(L)`` of its attempts have finished (about one round trip's worth:
+``max(8, min(L, 256))``). From the window the controller reads the median latency
+of its successful attempts and its overload fraction ``f`` (429, 503 and timeouts
+over finished attempts).
+
+1. **Start-up ramp** (slow start): ``L`` begins at ``initial_limit`` and doubles
+   per window while latency stays flat, up to ``max_limit``.
+2. **Knee by latency** (Little's law): when ``L`` rose from ``L0`` to ``L1`` and the
+   median latency from ``m0`` to ``m1``, the elasticity ``e = ln(m1/m0)/ln(L1/L0)``
+   tells what the extra slots bought. A batching server gets slower per request as
+   its batch grows (``e`` well below 1) but its throughput ``L/m`` still rises;
+   once the server *queues*, latency grows in proportion to ``L`` (``e`` near 1)
+   and throughput is flat. So ``e >= knee_elasticity`` (0.8) means "past the
+   knee": ``L`` goes back to ``L0``, holds there for ``hold_windows`` windows, then
+   probes ``probe_step`` (10 %) higher again. The limit therefore settles at the
+   knee, within one probe step above it. If latency at an unchanged limit rises
+   by ``latency_tolerance`` (50 %) over what it was when that limit was accepted
+   (the server slowed, another client arrived), ``L`` is cut by 10 % and re-probed.
+   Comparing against a plain "unloaded baseline" would not do: a batching
+   server's latency rises long before its queue does. A window in which fewer
+   than 90 % of the slots were ever used does not probe upward (no evidence).
+3. **Overload signals** (429, 503, timeouts) cut ``L`` by ``decrease_factor``
+   (0.75) at once -- **once per burst**: only a failure of an attempt that started
+   after the previous cut counts (cascade dampening), and for ``cooldown_s`` (or
+   the server's Retry-After, whichever is longer) nothing grows. The limit that
+   failed becomes the **ceiling**: recovery probes at most ``ceiling_overshoot``
+   (10 %) above it, and the ceiling itself moves up only after ``hold_windows``
+   clean windows there.
+4. **Load or noise?** A cut is checked: the overload fraction of the window
+   after it (at the lower limit) is compared with that of the window before it.
+   If the cut left it where it was (within 15 % and within sampling error) and
+   below 50 %, the failures do not depend on load (a flaky proxy, random 429s, a
+   slow fraction of prompts): the cut is undone, the ceiling dropped, and that
+   fraction becomes the *noise floor*. While a noise floor is known, single
+   failures no longer cut; a window cuts only when its fraction exceeds
+   ``1.5 x floor + 0.02`` plus two standard errors. Windows are judged for errors
+   only once they have *matured* (closed for as long as the slowest recent
+   attempt took), so late timeouts are counted in the window that sent them.
+   The floor follows the measured fraction down (EWMA) and vanishes when
+   failures stop.
+
+429s are handed to this controller, not retried blindly: :meth:`ready_at` tells the
+retry loop when a throttled attempt may be sent again (the cooldown), and the
+re-sent attempt then queues for a slot under the limit that was just cut.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
 
 from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
 
 Clock = Callable[[], float]
 
+#: Elasticity of latency w.r.t. the limit at and above which the server is queueing.
+KNEE_ELASTICITY = 0.8
+#: A window's slots must have been used this much before it may probe upward.
+_USED_SHARE = 0.9
+#: A cut that leaves the overload fraction within this share of what it was (and
+#: within sampling error) did not help: the failures are noise.
+_SAME_SHARE = 0.15
+#: A fraction this high is overload whatever the cut did (noise is never the norm).
+_NOISE_MAX = 0.5
+_NOISE_MARGIN = 0.02
+_NOISE_GAIN = 1.5
+_NOISE_EWMA = 0.2
+_NOISE_VANISHED = 0.005
+#: Windows kept for late outcomes; beyond this the oldest is judged early.
+_MAX_WINDOWS = 64
+_SLOWEST_HALF_LIFE_S = 60.0
+#: A closed window is judged once this share of its attempts have reported.
+_MATURE_SHARE = 0.8
+
+
+class Phase(Enum):
+    RAMP = "ramp"
+    STEADY = "steady"
+
+
+@dataclass
+class _Window:
+    """Outcomes of the attempts that started at or after ``opened`` (under one limit)."""
+
+    opened: float
+    limit: int
+    latencies: list[float] = field(default_factory=list)
+    successes: int = 0
+    overloads: int = 0
+    peak_inflight: int = 0
+    #: Attempts started in it; once ``limit`` have, the population in flight is all
+    #: new (the transient after a change is over) and latencies are measured.
+    started: int = 0
+    settled_at: float = math.inf
+    #: Outcomes of attempts started after ``settled_at``: what closes the window.
+    measured: int = 0
+    #: When it stopped taking new attempts; its late outcomes still count until judged.
+    closed: float | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.successes + self.overloads
+
+    @property
+    def overload_share(self) -> float:
+        return self.overloads / self.finished if self.finished else 0.0
+
+    def median_latency(self) -> float | None:
+        return statistics.median(self.latencies) if self.latencies else None
+
+
+@dataclass
+class _Point:
+    """An accepted operating point: the limit and the median latency measured there."""
+
+    limit: int
+    latency: float | None
+
+
+@dataclass
+class _CutCheck:
+    """A cut awaiting its verdict: the state to restore if it was noise, and the windows
+    before and after it whose overload fractions decide."""
+
+    limit: int
+    phase: Phase
+    ceiling: int | None
+    noise_known: bool
+    before: _Window
+    after: _Window | None = None
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    """What the controller believes, for logs, metrics and tests."""
+
+    limit: int
+    phase: str
+    ceiling: int | None
+    noise_floor: float
+    knee: int | None
+    cuts: int
+
 
 class AdaptiveLimiter:
-    """An asyncio semaphore whose size moves between ``min_limit`` and ``max_limit``.
+    """An asyncio semaphore whose size the control law above moves within
+    ``[min_limit, max_limit]``.
 
     Waiters are served first come, first served. Not thread-safe: one event loop.
     """
@@ -38,7 +175,14 @@ class AdaptiveLimiter:
         max_limit: int,
         min_limit: int = 1,
         adaptive: bool = True,
-        decrease_factor: float = 0.5,
+        initial_limit: int | None = None,
+        decrease_factor: float = 0.75,
+        cooldown_s: float = 2.0,
+        probe_step: float = 0.10,
+        ceiling_overshoot: float = 0.10,
+        hold_windows: int = 3,
+        knee_elasticity: float = KNEE_ELASTICITY,
+        latency_tolerance: float = 0.5,
         observer: LLMObserver = NULL_OBSERVER,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -46,20 +190,50 @@ class AdaptiveLimiter:
             raise ValueError("need 1 <= min_limit <= max_limit")
         if not 0.0 < decrease_factor < 1.0:
             raise ValueError("decrease_factor must be in (0, 1)")
+        if probe_step <= 0 or ceiling_overshoot < 0 or hold_windows < 0 or cooldown_s < 0:
+            raise ValueError("probe_step > 0; ceiling_overshoot, hold_windows, cooldown_s >= 0")
         self.endpoint = endpoint
         self.max_limit = max_limit
         self.min_limit = min_limit
         self.adaptive = adaptive
         self._factor = decrease_factor
+        self._cooldown_s = cooldown_s
+        self._probe_step = probe_step
+        self._overshoot = ceiling_overshoot
+        self._hold_windows = hold_windows
+        self._knee_e = knee_elasticity
+        self._latency_tol = latency_tolerance
         self._observer = observer
         self._clock = clock
-        self._limit_f = float(max_limit)
-        self._limit = max_limit
         self._inflight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        start = max_limit
+        if adaptive:
+            start = initial_limit if initial_limit is not None else min(max_limit, 32)
+        self._limit = max(min_limit, min(max_limit, start))
+        self._phase = Phase.RAMP if self._limit < max_limit else Phase.STEADY
+        #: Windows by opening time, newest last; closed ones wait here to mature.
+        self._windows: deque[_Window] = deque([_Window(opened=clock(), limit=self._limit)])
+        self._windows[0].settled_at = self._windows[0].opened
+        self._accepted = _Point(self._limit, None)  # the limit we go back to, and its latency
+        self._probing_from: _Point | None = None  # set while a probe upward is measured
+        self._holds = 0  # windows to wait before the next probe upward
         self._last_decrease = float("-inf")
-        observer.on_concurrency_limit(endpoint=endpoint, limit=max_limit)
+        self._cooldown_until = float("-inf")
+        self._ceiling: int | None = None
+        self._ceiling_clean = 0
+        #: A cut waiting for its verdict: what to restore if it was noise, and the windows.
+        self._cut_check: _CutCheck | None = None
+        #: Longest recent attempt (timeouts included), halving per minute: a closed window
+        #: is judged that long after it closed, when its late outcomes have arrived.
+        self._slowest = 0.0
+        self._slowest_at = clock()
+        self._noise = 0.0
+        self._knee: int | None = None
+        self._cuts = 0
+        observer.on_concurrency_limit(endpoint=endpoint, limit=self._limit)
 
+    # -- introspection --------------------------------------------------------------------
     @property
     def limit(self) -> int:
         return self._limit
@@ -77,6 +251,20 @@ class AdaptiveLimiter:
         """Slots in use and queued over the limit (above 1 means a queue); for routing."""
         return (self._inflight + len(self._waiters)) / self._limit
 
+    def state(self) -> ControllerState:
+        return ControllerState(
+            limit=self._limit,
+            phase=self._phase.value,
+            ceiling=self._ceiling,
+            noise_floor=self._noise,
+            knee=self._knee,
+            cuts=self._cuts,
+        )
+
+    def ready_at(self) -> float:
+        """Clock time before which a throttled (429) attempt should not be re-sent."""
+        return self._cooldown_until
+
     # -- slots --------------------------------------------------------------------------
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody is queued (the fast path: no await)."""
@@ -88,7 +276,8 @@ class AdaptiveLimiter:
     async def acquire(self) -> float:
         """Take a slot, queueing if needed; returns the clock time it was granted.
 
-        Bound the wait with ``asyncio.timeout`` around the call.
+        Pass that time back to :meth:`on_success` / :meth:`on_overload`. Bound the
+        wait with ``asyncio.timeout`` around the call.
         """
         if self.try_acquire():
             return self._clock()
@@ -112,6 +301,12 @@ class AdaptiveLimiter:
 
     def _take(self) -> None:
         self._inflight += 1
+        window = self._windows[-1]
+        if self._inflight > window.peak_inflight:
+            window.peak_inflight = self._inflight
+        window.started += 1
+        if window.started == window.limit and window.settled_at == math.inf:
+            window.settled_at = self._clock()
         self._observer.on_inflight(endpoint=self.endpoint, inflight=self._inflight)
 
     def release(self) -> None:
@@ -126,27 +321,284 @@ class AdaptiveLimiter:
                 self._take()
                 waiter.set_result(None)
 
-    # -- adaptation ---------------------------------------------------------------------
-    def on_success(self) -> None:
-        if not self.adaptive or self._limit_f >= self.max_limit:
+    # -- signals ------------------------------------------------------------------------
+    def on_success(self, attempt_started: float | None = None) -> None:
+        """An attempt succeeded; ``attempt_started`` (from :meth:`acquire`) gives its latency."""
+        if not self.adaptive:
             return
-        self._set(min(float(self.max_limit), self._limit_f + 1.0 / self._limit_f))
+        window = self._window_of(attempt_started)
+        if window is not None:
+            window.successes += 1
+            if attempt_started is None:
+                window.measured += 1
+            else:
+                took = self._clock() - attempt_started
+                self._note_duration(took)
+                if attempt_started >= window.settled_at:
+                    window.measured += 1
+                    window.latencies.append(took)
+        self._after_outcome()
 
-    def on_overload(self, attempt_started: float) -> bool:
+    def on_overload(self, attempt_started: float, *, retry_after_s: float | None = None) -> bool:
         """An attempt started at ``attempt_started`` hit overload; True if the limit fell."""
-        if not self.adaptive or attempt_started < self._last_decrease:
+        if not self.adaptive:
             return False
-        self._last_decrease = self._clock()
-        new = max(float(self.min_limit), self._limit_f * self._factor)
-        if new == self._limit_f:
+        now = self._clock()
+        self._note_duration(now - attempt_started)
+        window = self._window_of(attempt_started)
+        if window is not None:
+            window.overloads += 1
+            if attempt_started >= window.settled_at:
+                window.measured += 1
+        if retry_after_s is not None and retry_after_s > 0:
+            self._cooldown_until = max(self._cooldown_until, now + retry_after_s)
+        self._settle_overwhelming()
+        # Cascade dampening: a burst from attempts sent before the last cut is one signal.
+        # With a noise floor known, or a cut awaiting its verdict, windows decide instead.
+        if attempt_started < self._last_decrease or self._noise > 0.0 or self._cut_check:
+            self._after_outcome()
             return False
+        return self._cut(now)
+
+    def _settle_overwhelming(self) -> None:
+        """Most attempts sent since the last cut failed: it was load and not enough, so
+        the verdict need not wait for the window to mature (the next failure cuts)."""
+        check = self._cut_check
+        after = check.after if check is not None else None
+        if after is not None and after.finished >= 8 and after.overload_share > _NOISE_MAX:
+            self._cut_check = None
+
+    def _note_duration(self, took: float) -> None:
+        if took > self._slowest:
+            self._slowest, self._slowest_at = took, self._clock()
+
+    def _slowest_recent(self, now: float) -> float:
+        decay: float = 0.5 ** ((now - self._slowest_at) / _SLOWEST_HALF_LIFE_S)
+        return self._slowest * decay
+
+    def _window_of(self, started: float | None) -> _Window | None:
+        """The window an attempt belongs to (by start time); None if older than all kept."""
+        if started is None:
+            return self._windows[-1]
+        for window in reversed(self._windows):
+            if started >= window.opened:
+                return window
+        return None
+
+    # -- decisions ----------------------------------------------------------------------
+    def _after_outcome(self) -> None:
+        current = self._windows[-1]
+        if current.measured >= _window_samples(current.limit):
+            self._close(current)
+        self._mature()
+
+    def _close(self, window: _Window) -> None:
+        """The current window has enough outcomes: decide on latency and errors."""
+        now = self._clock()
+        if self._above_noise(window):
+            # Fast failures (429s) report before slow successes, so a fresh window
+            # overstates its fraction: only an overwhelming one cuts before it matures.
+            if window.overload_share > _NOISE_MAX and self._may_cut(window):
+                self._cut(now)
+                return
+            self._open_window()  # overloaded: never a reason to probe upward
+            return
+        if now < self._cooldown_until or self._cut_check is not None:
+            self._open_window()  # keep measuring, move nothing while cooling down or judging
+            return
+        self._decide(window)
+
+    def _above_noise(self, window: _Window) -> bool:
+        """More overload signals than the noise floor explains (any, with no floor)."""
+        if self._noise <= 0.0:
+            return window.overloads > 0
+        margin = 2.0 * _sigma(self._noise, window.finished)
+        return window.overload_share > self._noise * _NOISE_GAIN + _NOISE_MARGIN + margin
+
+    def _may_cut(self, window: _Window) -> bool:
+        """Cascade dampening for window verdicts: one cut per window sent after the last."""
+        return self._cut_check is None and window.opened >= self._last_decrease
+
+    def _mature(self) -> None:
+        """Judge closed windows whose late outcomes (timeouts) have had time to arrive."""
+        now = self._clock()
+        windows = self._windows
+        wait = self._slowest_recent(now)
+        while len(windows) > 1:
+            oldest = windows[0]
+            if len(windows) <= _MAX_WINDOWS and not _matured(oldest, now, wait):
+                break
+            windows.popleft()
+            self._judge(oldest)
+
+    def _judge(self, window: _Window) -> None:
+        share = window.overload_share
+        check = self._cut_check
+        if check is not None:
+            if window is check.before:
+                return  # its verdict comes with the window after the cut
+            if window is check.after:
+                self._cut_check = None
+                if _unchanged(check.before, window):
+                    self._undo_cut(check, share)
+                return
+        if self._noise > 0.0:
+            if self._above_noise(window):
+                # Late outcomes (timeouts) made it overload after all.
+                if self._may_cut(window):
+                    self._cut(self._clock())
+                return
+            self._noise = (1 - _NOISE_EWMA) * self._noise + _NOISE_EWMA * share
+            if self._noise < _NOISE_VANISHED:
+                self._noise = 0.0
+
+    def _undo_cut(self, check: _CutCheck, share: float) -> None:
+        """The cut did not reduce the failures: they are noise, not load."""
+        before_limit = check.limit
+        self._noise = max(self._noise, share)
+        # Still ramping unless a knee was found (the ceiling, if any, bounds the ramp).
+        self._phase = check.phase if self._knee is not None else Phase.RAMP
+        # Ceilings from before any noise was known may come from noise: forget them.
+        self._ceiling = check.ceiling if check.noise_known else None
+        self._cooldown_until = self._clock()
+        self._accepted = _Point(before_limit, None)
+        self._holds = 0
+        self._set(max(before_limit, self._limit))
+
+    def _cut(self, now: float) -> bool:
+        before = self._limit
+        undo = _CutCheck(before, self._phase, self._ceiling, self._noise > 0, self._windows[-1])
+        new = max(self.min_limit, int(before * self._factor))
+        self._last_decrease = now
+        self._cooldown_until = max(self._cooldown_until, now + self._cooldown_s)
+        self._phase = Phase.STEADY
+        self._ceiling = before
+        self._ceiling_clean = 0
+        self._probing_from = None
+        self._accepted = _Point(new, None)
+        self._holds = 0
+        if new == before:
+            return False
+        self._cuts += 1
         self._set(new)
+        undo.after = self._windows[-1]
+        self._cut_check = undo
         return True
 
-    def _set(self, value: float) -> None:
-        self._limit_f = value
-        limit = int(value)
-        if limit != self._limit:
-            self._limit = limit
-            self._observer.on_concurrency_limit(endpoint=self.endpoint, limit=limit)
+    def _decide(self, window: _Window) -> None:
+        latency = window.median_latency()
+        probe = self._probing_from
+        self._probing_from = None
+        if probe is not None:
+            if _queueing(probe.latency, latency, probe.limit, window.limit, self._knee_e):
+                # Past the knee: the extra slots only queued. Go back and hold there.
+                self._knee = probe.limit
+                self._accepted = probe
+                self._phase = Phase.STEADY
+                self._holds = self._hold_windows
+                self._set(probe.limit)
+                return
+            self._accepted = _Point(window.limit, latency)
+        elif self._slowed_down(latency, window.limit):
+            self._accepted = _Point(max(self.min_limit, int(window.limit * 0.9)), None)
+            self._set(self._accepted.limit)
+            return
+        elif self._accepted.latency is None or self._accepted.limit != window.limit:
+            self._accepted = _Point(window.limit, latency)
+        if self._holds > 0 or window.peak_inflight < _USED_SHARE * window.limit:
+            # Holding after a rejected probe, or demand did not fill the slots (no evidence).
+            self._holds = max(0, self._holds - 1)
+            self._open_window()
+            return
+        self._probe_up(window.limit, latency)
+
+    def _slowed_down(self, latency: float | None, limit: int) -> bool:
+        ref = self._accepted
+        if latency is None or ref.latency is None or ref.limit != limit or ref.latency <= 0:
+            return False
+        return latency > ref.latency * (1.0 + self._latency_tol)
+
+    def _probe_up(self, limit: int, latency: float | None) -> None:
+        if self._phase is Phase.RAMP:
+            target = limit * 2
+        else:
+            target = max(limit + 1, math.ceil(limit * (1.0 + self._probe_step)))
+        if self._ceiling is not None:
+            cap = max(self._ceiling, math.ceil(self._ceiling * (1.0 + self._overshoot)))
+            if limit >= cap:
+                self._ceiling_clean += 1
+                if self._ceiling_clean > self._hold_windows:
+                    self._ceiling, self._ceiling_clean = limit, 0  # clean there: lift it
+                self._open_window()
+                return
+            target = min(target, cap)
+        target = min(target, self.max_limit)
+        if target <= limit:
+            self._phase = Phase.STEADY
+            self._open_window()
+            return
+        self._probing_from = _Point(limit, latency)
+        self._set(target)
+
+    def _open_window(self, *, settled: bool = True) -> None:
+        """Start a window; ``settled`` unless the limit just changed (a transient follows)."""
+        now = self._clock()
+        windows = self._windows
+        windows[-1].closed = now
+        fresh = _Window(opened=now, limit=self._limit, peak_inflight=self._inflight)
+        if settled:
+            fresh.settled_at = now
+        windows.append(fresh)
+
+    def _set(self, value: int) -> None:
+        value = max(self.min_limit, min(self.max_limit, value))
+        changed = value != self._limit
+        self._limit = value
+        self._open_window(settled=not changed)
+        if changed:
+            self._observer.on_concurrency_limit(endpoint=self.endpoint, limit=value)
             self._wake()
+
+
+def _window_samples(limit: int) -> int:
+    """Measured attempts a window needs: one round trip's worth, at least 8."""
+    return max(8, limit)
+
+
+def _matured(window: _Window, now: float, slowest: float) -> bool:
+    """Have (nearly) all outcomes of a closed window arrived? Some attempts end without
+    a signal (a 400, a cancellation), so "nearly", and at worst after ten times the
+    slowest recent attempt."""
+    if window.closed is None:
+        return False
+    if window.finished >= window.started:
+        return True
+    waited = now - window.closed
+    if waited >= 10.0 * slowest + 1.0:
+        return True
+    return waited >= slowest and window.finished >= _MATURE_SHARE * window.started
+
+
+def _sigma(share: float, n: int) -> float:
+    """Binomial standard error of a fraction measured over ``n`` outcomes."""
+    return math.sqrt(max(share * (1.0 - share), 0.0) / max(n, 1))
+
+
+def _unchanged(before: _Window, after: _Window) -> bool:
+    """Is the overload fraction after a cut (at a lower limit) no lower than before it?"""
+    s0, s1 = before.overload_share, after.overload_share
+    if s1 <= 0.0 or s1 > _NOISE_MAX or before.finished == 0:
+        return False
+    pooled = (before.overloads + after.overloads) / (before.finished + after.finished)
+    error = math.sqrt(pooled * (1 - pooled) * (1 / before.finished + 1 / max(after.finished, 1)))
+    return s1 >= s0 - max(_SAME_SHARE * s0, 2.0 * error)
+
+
+def _queueing(
+    before: float | None, after: float | None, limit_before: int, limit_after: int, knee_e: float
+) -> bool:
+    """Did latency grow (nearly) in proportion to the limit? Then the server queues."""
+    if before is None or after is None or before <= 0 or limit_after <= limit_before:
+        return False
+    elasticity = math.log(max(after, 1e-9) / before) / math.log(limit_after / limit_before)
+    return elasticity >= knee_e

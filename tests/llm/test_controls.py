@@ -114,29 +114,38 @@ def test_should_retry_counts_attempts() -> None:
 
 
 def test_aimd_decreases_once_per_window_and_recovers() -> None:
+    # The control law itself is tested on simulated servers in test_controller.py.
     clock, obs = FakeClock(), Recorder()
-    lim = AdaptiveLimiter("e", max_limit=32, min_limit=2, observer=obs, clock=clock)
+    lim = AdaptiveLimiter(
+        "e", max_limit=32, min_limit=2, initial_limit=32, observer=obs, clock=clock
+    )
     started = clock()
     clock.advance(0.1)
     # A burst of 429s from attempts that all started before the first decrease: one signal.
     assert lim.on_overload(started)
     for _ in range(20):
         assert not lim.on_overload(started)
-    assert lim.limit == 16
-    clock.advance(0.1)
-    assert lim.on_overload(clock())  # an attempt started after the decrease counts again
-    assert lim.limit == 8
-    for _ in range(10):
-        clock.advance(0.1)
-        lim.on_overload(clock())
-    assert lim.limit == 2  # floor
-    successes = 0
-    while lim.limit < 32:
+    assert lim.limit == 24  # x0.75
+    # The window after the cut is clean: the cut was about load, and it is kept ...
+    for _ in range(24):
+        clock.advance(0.01)
         lim.on_success()
+    clock.advance(0.1)
+    assert lim.on_overload(clock())  # ... so an attempt started after it counts again
+    assert lim.limit == 18
+    assert lim.ready_at() >= clock() + 1.9  # the cooldown a 429 retry waits for
+    # Clean windows after the cooldown, every slot busy: the limit climbs back, never
+    # above the ceiling.
+    successes = 0
+    while lim.limit < 32 and successes < 10_000:
+        while lim.try_acquire():
+            pass
+        clock.advance(0.01)
+        lim.release()
+        lim.on_success(clock() - 0.5)
         successes += 1
-    # Additive: about one slot per window of successes (sum of 2..31 = 495).
-    assert 400 < successes < 600
-    assert obs.limits[0] == 32 and min(obs.limits) == 2 and obs.limits[-1] == 32
+    assert lim.limit == 32 and successes < 2_000
+    assert obs.limits[0] == 32 and min(obs.limits) == 18 and obs.limits[-1] == 32
 
 
 def test_non_adaptive_limiter_is_fixed() -> None:
