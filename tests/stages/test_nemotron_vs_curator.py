@@ -114,7 +114,7 @@ def documents(task: str, tokenizer: HFTokenizer, budget: int) -> dict[str, str]:
         "doc_at_threshold": words_to(tokenizer, spec.min_document_tokens - 1, plain=True),
         "too_short": "Too short.",
         "blank_segment": f"{full}\n" + "\n".join(["  "] * 45) + f"\n{full}",
-        "short_tail": f"{full}\nTiny tail.",
+        "short_tail": f"{full}\nOk.",
     }
 
 
@@ -413,6 +413,19 @@ def test_exact_matches_curator_on_every_case(side_by_side: dict[str, SideBySide]
         assert any(
             r.get("document") is None and "kept" in r.get("verdicts", []) for r in run.curator
         )
+        for task in TASK_SPECS:
+            docs = {c.purpose: c.text for c in run.cases if c.task == task}
+            texts = {
+                c.purpose: [t for t, _ in r.get("segments", [])]
+                for c, r in zip(run.cases, run.curator, strict=True)
+                if c.task == task and c.id.endswith("/good")
+            }
+            # An over-budget line is dropped; its neighbours become adjacent and are joined.
+            assert texts["over_budget_line"] == [f"{lines(2)}\n{lines(2, 5)}"], (label, task)
+            assert texts["short_tail"] == [docs["short_tail"].split("\n")[0]]  # "Ok." < minimum
+            assert any(not t.strip() for t in texts["blank_segment"])  # Curator sends blanks
+            assert len(texts["many_segments"]) >= 2
+            assert all("\n" in t for t in texts["many_segments"])  # lines joined
 
 
 def test_the_tokenizers_differ_where_bos_counts(side_by_side: dict[str, SideBySide]) -> None:
