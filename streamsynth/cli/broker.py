@@ -12,7 +12,8 @@ import typer
 from rich.markup import escape
 
 from streamsynth.cli.errors import RUNTIME, USAGE, CliError, err_console
-from streamsynth.local.broker import EmbeddedBroker, create_topics
+from streamsynth.kafka.admin import create_topics
+from streamsynth.local.broker import EmbeddedBroker
 
 
 def parse_topic(spec: str) -> tuple[str, int]:
