@@ -231,7 +231,7 @@ class Attempt:
     def _succeeded(self, result: ChatResult) -> None:
         self._settled = True
         ep = self.endpoint
-        ep.limiter.on_success()
+        ep.limiter.on_success(self._started)  # the grant time: the limiter measures latency
         ep.breaker.on_success()
         if ep.rate.active:
             ep.rate.observe(result.headers)
@@ -244,7 +244,8 @@ class Attempt:
         if exc.retryable:
             ep.breaker.on_failure()
             if is_overload(exc):
-                ep.limiter.on_overload(self._started)
+                retry_after = exc.retry_after_s if isinstance(exc, APIStatusError) else None
+                ep.limiter.on_overload(self._started, retry_after_s=retry_after)
         else:
             # The server answered (400, 401, ...): it is alive, whatever it thinks of us.
             ep.breaker.on_success()
