@@ -46,16 +46,50 @@ def llm_sim_command(
         int | None, typer.Option(min=1, help="Tokens per minute before 429s.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fault draws.")] = 0,
+    serving: Annotated[
+        bool,
+        typer.Option(
+            help="Capacity model instead of --latency: replicas with running slots, a "
+            "waiting queue, prefill, batched decode and a prefix cache (vLLM-like)."
+        ),
+    ] = False,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="--serving: replicas, on ports PORT, PORT+1, ...")
+    ] = 1,
+    max_num_seqs: Annotated[
+        int, typer.Option(min=1, help="--serving: running sequences per replica.")
+    ] = 256,
+    decode_base_s: Annotated[
+        float, typer.Option(min=0.0, help="--serving: decode step time of a batch of one.")
+    ] = 0.008,
+    decode_per_seq_s: Annotated[
+        float, typer.Option(min=0.0, help="--serving: step time added per running sequence.")
+    ] = 0.00006,
+    prefill_s_per_token: Annotated[
+        float, typer.Option(min=0.0, help="--serving: prefill time per uncached prompt token.")
+    ] = 0.00002,
+    cache_blocks: Annotated[
+        int, typer.Option(min=0, help="--serving: prefix-cache size in 16-token blocks.")
+    ] = 65_536,
+    scheduling: Annotated[
+        str, typer.Option(help="--serving: fcfs | priority (lower 'priority' runs first).")
+    ] = "fcfs",
+    max_waiting: Annotated[
+        int | None,
+        typer.Option(min=0, help="--serving: 429 beyond this many waiting (a gateway)."),
+    ] = None,
 ) -> None:
     """Serve a simulated OpenAI-compatible LLM (latency, faults, rate limits) until Ctrl-C.
 
     Answers are deterministic functions of the prompt. Messages may carry markers such
     as [[sim:429]] or [[sim:latency=2]] to target one request. Endpoints:
-    /v1/chat/completions, /v1/models, /stats, /health.
+    /v1/chat/completions, /v1/models, /stats, /health, and with --serving /metrics
+    (vLLM's metric names, per replica).
     """
     from streamsynth.local.llm_simulator import (
         FaultConfig,
         LatencyModel,
+        ServingConfig,
         SimulatorConfig,
         serve,
     )
@@ -87,6 +121,19 @@ def llm_sim_command(
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
     )
+    if serving:
+        if scheduling not in ("fcfs", "priority"):
+            raise CliError("--scheduling: fcfs or priority", USAGE)
+        config.serving = ServingConfig(
+            replicas=replicas,
+            max_num_seqs=max_num_seqs,
+            decode_base_s=decode_base_s,
+            decode_per_seq_s=decode_per_seq_s,
+            prefill_s_per_token=prefill_s_per_token,
+            cache_blocks=cache_blocks,
+            scheduling="priority" if scheduling == "priority" else "fcfs",
+            max_waiting=max_waiting,
+        )
     try:
         asyncio.run(serve(config))
     except OSError as exc:

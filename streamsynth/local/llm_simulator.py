@@ -36,10 +36,19 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
+from streamsynth.local.serving import (
+    PriorityNotEnabledError,
+    QueueFullError,
+    Replica,
+    ServingConfig,
+    render_metrics,
+)
+
 __all__ = [
     "FaultConfig",
     "LLMSimulator",
     "LatencyModel",
+    "ServingConfig",
     "SimulatorConfig",
     "SimulatorProcess",
     "SimulatorStats",
@@ -123,6 +132,9 @@ class SimulatorConfig:
     seed: int = 0
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    #: A capacity model (replicas, running slots, prefill, batched decode, prefix
+    #: cache) instead of ``latency``; see :mod:`streamsynth.local.serving`.
+    serving: ServingConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,7 +144,9 @@ class SimulatorConfig:
         raw = dict(raw)
         latency = LatencyModel(**raw.pop("latency", {}))
         faults = FaultConfig(**raw.pop("faults", {}))
-        return cls(latency=latency, faults=faults, **raw)
+        serving_raw = raw.pop("serving", None)
+        serving = ServingConfig(**serving_raw) if serving_raw else None
+        return cls(latency=latency, faults=faults, serving=serving, **raw)
 
 
 @dataclass
@@ -144,6 +158,8 @@ class SimulatorStats:
     #: Totals of the usage blocks sent (200 answers only).
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Prompt tokens served from a replica's prefix cache (serving mode).
+    cached_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -391,11 +407,21 @@ class LLMSimulator:
         #: The bodies of the most recent chat requests (tests inspect what was sent).
         self.last_requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.port = 0
+        serving = self.config.serving
+        #: Serving mode: one engine per replica, each behind its own port.
+        self.replicas = [Replica(serving, i) for i in range(serving.replicas)] if serving else []
+        self._by_port: dict[int, Replica] = {}
+        self.ports: list[int] = []
 
     # -- lifecycle
     @property
     def base_url(self) -> str:
         return f"http://{self.config.host}:{self.port}/v1"
+
+    @property
+    def base_urls(self) -> list[str]:
+        """One base URL per replica (just :attr:`base_url` without serving mode)."""
+        return [f"http://{self.config.host}:{port}/v1" for port in self.ports]
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -404,6 +430,7 @@ class LLMSimulator:
         app.router.add_get("/stats", self._get_stats)
         app.router.add_post("/stats/reset", self._reset_stats)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
         return app
 
     async def start(self) -> None:
@@ -418,17 +445,26 @@ class LLMSimulator:
             shutdown_timeout=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=4096)
-        await site.start()
-        # Port 0 asks the OS for a free port: read back the one it picked.
-        sockets = getattr(site._server, "sockets", None)
-        assert sockets, "simulator site has no listening socket"
-        self.port = int(sockets[0].getsockname()[1])
+        base = self.config.port
+        for i in range(max(1, len(self.replicas))):
+            port = base + i if base else 0
+            site = web.TCPSite(self._runner, self.config.host, port, backlog=4096)
+            await site.start()
+            # Port 0 asks the OS for a free port: read back the one it picked.
+            sockets = getattr(site._server, "sockets", None)
+            assert sockets, "simulator site has no listening socket"
+            self.ports.append(int(sockets[0].getsockname()[1]))
+        self.port = self.ports[0]
+        for replica, port in zip(self.replicas, self.ports, strict=False):
+            self._by_port[port] = replica
+            replica.start()
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for replica in self.replicas:
+            await replica.stop()
 
     async def __aenter__(self) -> LLMSimulator:
         await self.start()
@@ -471,6 +507,19 @@ class LLMSimulator:
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self._stats.to_dict()), content_type=_JSON)
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """vLLM-named metrics of the replica behind this port (empty without serving)."""
+        replica = self._replica_of(request)
+        text = render_metrics([replica], self.config.models[0]) if replica else ""
+        return web.Response(text=text, content_type="text/plain")
+
+    def _replica_of(self, request: web.Request) -> Replica | None:
+        if not self.replicas:
+            return None
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        port = int(sockname[1]) if sockname else self.port
+        return self._by_port.get(port, self.replicas[0])
+
     async def _reset_stats(self, request: web.Request) -> web.Response:
         self.reset_stats()
         return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
@@ -484,7 +533,7 @@ class LLMSimulator:
             stats.max_inflight = stats.inflight
         status = 499  # nginx's "client closed request": kept if the handler is cancelled
         try:
-            response = await self._answer(await request.read())
+            response = await self._answer(await request.read(), self._replica_of(request))
             status = response.status
             return response
         finally:
@@ -502,7 +551,7 @@ class LLMSimulator:
             status=status, body=_error_body(status, message), content_type=_JSON, headers=headers
         )
 
-    async def _answer(self, raw: bytes) -> web.Response:
+    async def _answer(self, raw: bytes, replica: Replica | None = None) -> web.Response:
         try:
             body = orjson.loads(raw)
             messages = body["messages"]
@@ -521,7 +570,8 @@ class LLMSimulator:
         early = self._marker_fault(marks, digest)
         if early is not None:
             return early
-        prompt_tokens = sum(len(t.split()) for t in texts)
+        words = joined.split() if replica is not None else None
+        prompt_tokens = len(words) if words is not None else sum(len(t.split()) for t in texts)
         limit_headers, limited = self._rate_limit(prompt_tokens)
         if limited is not None:
             return limited
@@ -545,9 +595,17 @@ class LLMSimulator:
         choices, completion_tokens = self._choices(body, joined, marks, answer_rng)
         if empty:
             choices, completion_tokens = [], 0
-        delay = self._latency(marks, completion_tokens, rng)
-        if hang:
-            delay += faults.hang_s
+        cached = 0
+        if replica is not None and words is not None and (marks is None or marks.latency_s is None):
+            delay = faults.hang_s if hang else 0.0
+            served = await self._serve(replica, words, completion_tokens, body.get("priority"))
+            if isinstance(served, web.Response):
+                return served
+            cached = served
+        else:
+            delay = self._latency(marks, completion_tokens, rng)
+            if hang:
+                delay += faults.hang_s
         if delay > 0:
             await asyncio.sleep(delay)
         if malformed:
@@ -556,19 +614,37 @@ class LLMSimulator:
             self._tpm.add(time.monotonic(), prompt_tokens + completion_tokens)
         self._stats.prompt_tokens += prompt_tokens
         self._stats.completion_tokens += completion_tokens
+        self._stats.cached_tokens += cached
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if replica is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
         payload = {
             "id": "chatcmpl-" + digest.hex()[:24],
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
             "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage,
         }
         return web.Response(body=orjson.dumps(payload), content_type=_JSON, headers=limit_headers)
+
+    async def _serve(
+        self, replica: Replica, words: list[str], completion_tokens: int, priority: Any
+    ) -> int | web.Response:
+        """Run the request through the replica's capacity model; its cached tokens."""
+        if priority is not None and not isinstance(priority, int):
+            return self._error(400, "'priority' must be an integer")
+        try:
+            result = await replica.generate(words, completion_tokens, priority or 0)
+        except PriorityNotEnabledError as exc:
+            return self._error(400, str(exc))
+        except QueueFullError as exc:
+            return self._error(429, f"server queue full: {exc}", _retry_after(1.0))
+        return result.cached_tokens
 
     def _marker_fault(self, marks: _Directives | None, digest: bytes) -> web.Response | None:
         """The error a marker asks for, if any (checked before any limit or latency)."""
@@ -700,6 +776,7 @@ class SimulatorProcess:
         self.config = config or SimulatorConfig()
         self._proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
+        self.base_urls: list[str] = []
 
     @property
     def _root(self) -> str:
@@ -722,7 +799,9 @@ class SimulatorProcess:
         if not line.strip():
             self.stop()
             raise RuntimeError("simulator process did not report its address")
-        self.base_url = line.split()[-1]
+        # "llm-sim listening on URL [URL...]": one URL per replica in serving mode.
+        self.base_urls = line.partition(" on ")[2].split()
+        self.base_url = self.base_urls[0]
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
                 if _http(self._root + "/health", timeout=1.0).get("status") == "ok":
@@ -820,10 +899,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(config: SimulatorConfig, *, exit_on_stdin_eof: bool = False) -> None:
-    """Serve until SIGINT/SIGTERM; prints the base URL as the last word of one line."""
+    """Serve until SIGINT/SIGTERM; prints the base URL(s) after "listening on" on one line."""
     sim = LLMSimulator(config)
     await sim.start()
-    print(f"llm-sim listening on {sim.base_url}", flush=True)
+    print(f"llm-sim listening on {' '.join(sim.base_urls)}", flush=True)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
