@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
 import orjson
 
+from streamsynth.checks import check_prompt_template
+from streamsynth.checks import template_fields as template_fields  # re-exported (old home)
 from streamsynth.engine.errors import (
     InvalidOutputError,
     MissingColumnError,
@@ -124,11 +125,6 @@ def _unfenced(text: str) -> str:
     return stripped
 
 
-def template_fields(template: str) -> set[str]:
-    """The placeholder names of a ``str.format`` template."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-
-
 @dataclass
 class SyntheticStage(RecordStage):
     """Send ``prompt.format(document=record[input_field])`` and store the answer.
@@ -164,19 +160,9 @@ class SyntheticStage(RecordStage):
         if not self.prompt:
             raise StageConfigError(f"stage {self.name!r}: 'prompt' is required")
         try:
-            fields = template_fields(self.prompt)
+            check_prompt_template(self.prompt)  # the rule config loading applies too
         except ValueError as exc:
-            raise StageConfigError(f"stage {self.name!r}: invalid prompt template: {exc}") from exc
-        if "document" not in fields:
-            raise StageConfigError(
-                f"stage {self.name!r}: 'prompt' must contain the {{document}} placeholder"
-            )
-        unknown = fields - {"document"}
-        if unknown:
-            raise StageConfigError(
-                f"stage {self.name!r}: 'prompt' has unknown placeholders "
-                f"{sorted(unknown)}; only {{document}} is filled (double braces for literals)"
-            )
+            raise StageConfigError(f"stage {self.name!r}: 'prompt' {exc}") from exc
         if self.client is None:
             raise StageConfigError(f"stage {self.name!r}: 'client' is required")
         if not self.model_name:

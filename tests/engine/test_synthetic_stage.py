@@ -74,8 +74,8 @@ def words(text: str) -> int:
     ("prompt", "fragment"),
     [
         ("Summarize this.", "{document}"),
-        ("Summarize {document} for {audience}.", "unknown placeholders ['audience']"),
-        ("Broken {document", "invalid prompt template"),
+        ("Summarize {document} for {audience}.", "unknown placeholders {audience}"),
+        ("Broken {document", "invalid template"),
         ("", "'prompt' is required"),
     ],
 )
