@@ -354,11 +354,26 @@ class Received:
         return row
 
 
+def _is_output(value: bytes) -> bool:
+    """Whether a record's value is a worker's output (not a DLQ or filtered record)."""
+    if value[:1] != b"{":
+        return False
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    meta = data.get("streamsynth") if isinstance(data, dict) else None
+    return isinstance(meta, dict) and "filtered" not in meta
+
+
 class TopicReader:
     """Reads topics from the beginning without a group (assign + seek), incrementally.
 
-    ``validate`` names output topics whose every record must match the output schema
-    (``streamsynth.kafka.records.validate_output``); ``keep=False`` only counts.
+    Every output record read (a JSON object whose ``streamsynth`` metadata has no
+    ``filtered`` key; DLQ records carry the input's bytes) must match the output schema
+    (``streamsynth.kafka.records.validate_output``), or :meth:`poll` raises;
+    ``validate_outputs=False`` turns that off, ``validate`` also checks every record of
+    the topics named, whatever it looks like. ``keep=False`` only counts.
     """
 
     def __init__(
@@ -367,11 +382,13 @@ class TopicReader:
         topics: list[str],
         *,
         validate: Collection[str] = (),
+        validate_outputs: bool = True,
         keep: bool = True,
     ) -> None:
         self.conn = connection(target)
         self.topics = topics
         self.validate = set(validate)
+        self.validate_outputs = validate_outputs
         self.keep = keep
         self.records: dict[str, list[Received]] = {t: [] for t in topics}
         self.counts: dict[str, int] = dict.fromkeys(topics, 0)
@@ -406,7 +423,9 @@ class TopicReader:
         n = 0
         for tp, msgs in batch.items():
             for m in msgs:
-                if tp.topic in self.validate and m.value is not None:
+                if m.value is not None and (
+                    tp.topic in self.validate or (self.validate_outputs and _is_output(m.value))
+                ):
                     validate_output(m.value)
                 if self.keep:
                     got = Received(
@@ -474,7 +493,7 @@ async def read_all(
     target: Target, topics: list[str], *, quiet_s: float = 1.5, max_s: float = 30.0
 ) -> TopicReader:
     """Everything in ``topics`` once nothing new arrives for ``quiet_s`` (writers stopped)."""
-    async with TopicReader(target, topics) as reader:
+    async with TopicReader(target, topics, validate_outputs=False) as reader:
         await reader.settle(quiet_s=quiet_s, max_s=max_s)
     return reader
 
@@ -495,7 +514,10 @@ class Watcher:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
-        self._reader = TopicReader(self.target, [self.output_topic, self.dlq_topic])
+        # Counting only: a benchmark's 100k outputs are not parsed again here.
+        self._reader = TopicReader(
+            self.target, [self.output_topic, self.dlq_topic], validate_outputs=False
+        )
         await self._reader.__aenter__()
         self._task = asyncio.create_task(self._run())
 
