@@ -94,7 +94,11 @@ class Endpoint:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> Attempt:
-        """One attempt of ``request``, to be used as ``async with``; see the module docs."""
+        """One attempt of ``request``, to be used as ``async with``; see the module docs.
+
+        ``clock`` must be the limiter's (both ``time.monotonic`` unless a test injects
+        one): the time a slot is granted feeds the limiter's latency signal.
+        """
         return Attempt(self, request, deadline=deadline, clock=clock, sleep=sleep)
 
     async def aclose(self) -> None:
