@@ -27,6 +27,7 @@ BENCHMARKS = (
     "vs-curator",
     "memory",
     "scale",
+    "fleet",
 )
 
 

@@ -1,0 +1,302 @@
+"""fleet: does one worker keep a serving fleet at its knee?
+
+Four simulated replicas (the simulator's serving mode, one process, one port per
+replica; ``max_num_seqs`` 256 each) behind one worker with adaptive concurrency on.
+In the same run:
+
+1. **Capacity** -- a bare aiohttp client saturates the fleet directly (1.25 x
+   ``max_num_seqs`` requests in flight per replica, the same prompts), and the
+   simulator's generated tokens per second over that window are the fleet's
+   capacity. One request at a time before that gives the unloaded latency.
+2. **The worker** -- reads the documents from an embedded broker, calls the four
+   endpoints and writes results back. Its server-side goodput (generated tokens/s
+   of answers, over the 30-90 % completion window) is compared with the capacity,
+   the sum of its adaptive limits with the knee (``replicas x max_num_seqs``, where
+   the servers start queueing), and its per-record stage latency with the unloaded
+   latency.
+
+Token model (the simulator counts whitespace words as tokens): a shared system
+prompt of ~100 tokens and a template of 16 (prefix-cached after the first request
+per replica), documents of ~120 words, answers cut at ``--max-tokens`` 128. A
+decode step takes 8 ms + 0.06 ms per running sequence (23 ms at 256: ~11k
+tokens/s per replica), prefill 0.02 ms per uncached prompt token.
+
+Goals: goodput >= 0.95 of capacity; the limit within 10 % of the knee.
+Run: ``streamsynth bench fleet [--quick] [--records N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks import _common as c
+from streamsynth.local.broker import EmbeddedBroker, create_topics, free_port
+from streamsynth.local.llm_simulator import ServingConfig, SimulatorConfig, SimulatorProcess
+
+GOODPUT_GOAL = 0.95
+KNEE_TOLERANCE = 0.10
+SYSTEM_PROMPT = (
+    "You are an editor for an encyclopedia. Rewrite each passage you are given as clear "
+    "and factual prose. Keep every fact, name, number and date exactly as written, and "
+    "add nothing that the passage does not say. Prefer short sentences and plain words, "
+    "avoid lists and headings, never address the reader, never mention these rules, and "
+    "never say that you are rewriting anything. If the passage is very short, answer with "
+    "a single paragraph. If it contains several topics, keep them in the order given and "
+    "separate them with a blank line. Write in the same language as the passage, in the "
+    "neutral register of a reference work."
+)
+
+
+def _messages(doc: dict[str, str]) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": c.PROMPT.format(document=doc["text"])},
+    ]
+
+
+async def _completion_tokens(session: aiohttp.ClientSession, root: str) -> int:
+    async with session.get(root + "/stats") as resp:
+        return int((await resp.json())["completion_tokens"])
+
+
+async def measure_capacity(
+    urls: list[str], docs: list[dict[str, str]], args: argparse.Namespace
+) -> dict[str, float]:
+    """Unloaded latency, then the fleet saturated by a bare client for ``capacity_s``."""
+    root = urls[0].removesuffix("/v1")
+    body = {"model": "sim-model", "max_tokens": args.max_tokens, "temperature": 0.5}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(url: str, doc: dict[str, str]) -> float:
+            t0 = time.perf_counter()
+            payload = {**body, "messages": _messages(doc)}
+            async with session.post(url + "/chat/completions", json=payload) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"capacity client got HTTP {resp.status}")
+            return time.perf_counter() - t0
+
+        unloaded = [await one(urls[i % len(urls)], docs[i]) for i in range(8)]
+        stop = time.monotonic() + args.warm_s + args.capacity_s
+        counter = itertools.count(8)
+
+        async def loop(url: str) -> None:
+            while time.monotonic() < stop:
+                await one(url, docs[next(counter) % len(docs)])
+
+        depth = int(args.max_num_seqs * 1.25)
+        tasks = [asyncio.ensure_future(loop(u)) for u in urls for _ in range(depth)]
+        await asyncio.sleep(args.warm_s)
+        tok0, t0 = await _completion_tokens(session, root), time.monotonic()
+        await asyncio.sleep(args.capacity_s)
+        tok1, t1 = await _completion_tokens(session, root), time.monotonic()
+        await asyncio.gather(*tasks)
+    return {
+        "capacity_tokens_per_s": (tok1 - tok0) / (t1 - t0),
+        "unloaded_latency_s": statistics.median(unloaded),
+    }
+
+
+def _scrape(text: str) -> dict[str, Any]:
+    limit = inflight = 0.0
+    stage: dict[float, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "streamsynth_llm_concurrency_limit":
+                limit += s.value
+            elif s.name == "streamsynth_llm_inflight_requests":
+                inflight += s.value
+            elif s.name == "streamsynth_stage_duration_seconds_bucket":
+                le = float(s.labels["le"])
+                stage[le] = stage.get(le, 0.0) + s.value
+    return {"limit": limit, "inflight": inflight, "stage_buckets": stage}
+
+
+def _quantile(buckets: dict[float, float], q: float) -> float:
+    """A quantile from cumulative histogram buckets (linear inside a bucket)."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return float("nan")
+    rank, prev_bound, prev_count = q * total, 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            span = count - prev_count
+            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / span if span else 1)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    serving = ServingConfig(replicas=args.replicas, max_num_seqs=args.max_num_seqs)
+    docs = c.make_documents(args.records, seed=args.seed, mean_words=args.words)
+    knee = args.replicas * args.max_num_seqs
+    with EmbeddedBroker() as broker, SimulatorProcess(SimulatorConfig(serving=serving)) as sim:
+        capacity = await measure_capacity(sim.base_urls, docs, args)
+        boot = broker.bootstrap_servers
+        await create_topics(boot, {"docs": args.partitions, "out": args.partitions, "dlq": 1})
+        watcher = c.Watcher(boot, "out", "dlq")
+        await watcher.start()
+        settings = c.worker_settings(
+            bootstrap=boot,
+            base_url=sim.base_url,
+            group="fleet",
+            concurrency=args.max_concurrency,
+            max_tokens=args.max_tokens,
+            system_prompt=SYSTEM_PROMPT,
+            metrics_port=free_port(),
+            extra_worker={"max_inflight_records": args.max_inflight},
+        )
+        llm = settings["llm"]
+        llm.pop("base_url")
+        llm.update(base_urls=sim.base_urls, adaptive_concurrency=True, min_concurrency=4)
+        metrics_url = f"http://127.0.0.1:{settings['metrics']['port']}/metrics"
+        worker = c.WorkerProcess(settings)
+        worker.start()
+        samples: list[tuple[float, int, float, float]] = []  # (t, tokens, limit, inflight)
+        last: dict[str, Any] = {}
+        try:
+            await c.warm_up(boot, "docs", watcher, partitions=args.partitions, text="warm up")
+            t0 = time.time()
+            await c.produce(boot, "docs", docs, partitions=args.partitions)
+            async with aiohttp.ClientSession() as session:
+                root = sim.base_url.removesuffix("/v1")
+                while watcher.done < len(docs) and time.time() - t0 < args.max_s:
+                    tokens = await _completion_tokens(session, root)
+                    async with session.get(metrics_url) as resp:
+                        last = _scrape(await resp.text())
+                    samples.append((time.time(), tokens, last["limit"], last["inflight"]))
+                    await asyncio.sleep(0.5)
+            complete = watcher.done >= len(docs)
+            log = "" if complete else worker.log_tail()
+        finally:
+            code = worker.stop()
+            await watcher.stop()
+    return _summarise(args, capacity, knee, samples, watcher, t0, last, complete, code, log)
+
+
+def _summarise(
+    args: argparse.Namespace,
+    capacity: dict[str, float],
+    knee: int,
+    samples: list[tuple[float, int, float, float]],
+    watcher: Any,
+    t0: float,
+    last: dict[str, Any],
+    complete: bool,
+    code: int | None,
+    log: str,
+) -> dict[str, Any]:
+    arrivals = sorted(watcher.arrivals)
+    n = len(arrivals)
+    lo_t = arrivals[int(0.3 * n)] if n else t0
+    hi_t = arrivals[max(int(0.9 * n) - 1, 0)] if n else t0
+    window = [s for s in samples if lo_t <= s[0] <= hi_t]
+    goodput = float("nan")
+    if len(window) >= 2:
+        goodput = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+    limits = [s[2] for s in window] or [0.0]
+    buckets = last.get("stage_buckets", {})
+    unloaded = capacity["unloaded_latency_s"]
+    p50, p99 = _quantile(buckets, 0.5), _quantile(buckets, 0.99)
+    return {
+        "records": args.records,
+        "completed": watcher.done,
+        "dlq": watcher.dlq,
+        "complete": complete,
+        "knee": knee,
+        "capacity_tokens_per_s": capacity["capacity_tokens_per_s"],
+        "goodput_tokens_per_s": goodput,
+        "goodput_ratio": goodput / capacity["capacity_tokens_per_s"],
+        "limit_mean": statistics.fmean(limits),
+        "limit_min": min(limits),
+        "limit_max": max(limits),
+        "limit_ratio": statistics.fmean(limits) / knee,
+        "inflight_mean": statistics.fmean([s[3] for s in window] or [0.0]),
+        "records_per_s_window": (0.6 * n) / (hi_t - lo_t) if hi_t > lo_t else 0.0,
+        "unloaded_latency_s": unloaded,
+        "p50_latency_s": p50,
+        "p99_latency_s": p99,
+        "elapsed_s": (arrivals[-1] - t0) if arrivals else 0.0,
+        "worker_exit_code": code,
+        "worker_log_tail": log,
+    }
+
+
+def report(args: argparse.Namespace, r: dict[str, Any]) -> list[str]:
+    within = abs(r["limit_ratio"] - 1.0) <= KNEE_TOLERANCE
+    rows = [
+        ["goodput (gen tokens/s)", r["goodput_tokens_per_s"], r["capacity_tokens_per_s"],
+         f"{r['goodput_ratio']:.3f}"],
+        ["adaptive limit (sum)", r["limit_mean"], r["knee"], f"{r['limit_ratio']:.3f}"],
+        ["p50 latency (s)", r["p50_latency_s"], r["unloaded_latency_s"],
+         f"{r['p50_latency_s'] / r['unloaded_latency_s']:.2f}"],
+        ["p99 latency (s)", r["p99_latency_s"], r["unloaded_latency_s"],
+         f"{r['p99_latency_s'] / r['unloaded_latency_s']:.2f}"],
+    ]  # fmt: skip
+    notes = [
+        f"{r['records']} records, {args.replicas} replicas x max_num_seqs {args.max_num_seqs}, "
+        f"1 worker (max_concurrency {args.max_concurrency}/endpoint, adaptive), "
+        f"{r['records_per_s_window']:.0f} records/s in the 30-90 % window; "
+        f"completed {r['completed']} (DLQ {r['dlq']}).",
+        f"Limit over the window: min {r['limit_min']:.0f}, max {r['limit_max']:.0f}, "
+        f"mean in flight {r['inflight_mean']:.0f}. Latency: the worker's stage duration "
+        "(histogram quantiles) vs one request at a time.",
+        f"Goals: goodput >= {GOODPUT_GOAL}: "
+        + ("MET" if r["goodput_ratio"] >= GOODPUT_GOAL else "NOT MET")
+        + f"; limit within {KNEE_TOLERANCE:.0%} of the knee: "
+        + ("MET" if within else "NOT MET"),
+    ]
+    c.print_table(
+        "fleet: one worker against a simulated serving fleet",
+        ["measure", "worker", "reference", "ratio"],
+        rows,
+        notes,
+    )
+    return notes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamsynth bench fleet", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="a CI smoke size (2,000 records)")
+    p.add_argument("--records", type=int, default=20_000)
+    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-concurrency", type=int, default=1024, help="per endpoint")
+    p.add_argument("--max-inflight", type=int, default=4096, help="worker records in flight")
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--words", type=int, default=120, help="mean words per document")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--capacity-s", type=float, default=15.0)
+    p.add_argument("--warm-s", type=float, default=8.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-s", type=float, default=600.0, help="give up after this long")
+    p.add_argument("--out-dir", type=Path, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.records, args.capacity_s, args.warm_s = min(args.records, 2_000), 6.0, 5.0
+    result = asyncio.run(run(args))
+    notes = report(args, result)
+    c.save_result("fleet", args, {"notes": notes, **result})
+    return 0 if result["complete"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
