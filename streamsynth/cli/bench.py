@@ -28,6 +28,7 @@ BENCHMARKS = (
     "memory",
     "scale",
     "fleet",
+    "eos",
 )
 
 

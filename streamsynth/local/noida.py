@@ -112,6 +112,7 @@ class NoidaBroker:
     def _wait_answers(self) -> None:
         """The port opens before the Kafka service answers: wait for a metadata reply."""
         import asyncio
+        import concurrent.futures
 
         from streamsynth.kafka.connection import KafkaConnection
 
@@ -127,7 +128,9 @@ class NoidaBroker:
             if self._proc is not None and self._proc.poll() is not None:
                 raise BrokerUnavailableError(f"noida-db exited: see {self.log_path}")
             try:
-                asyncio.run(probe())
+                # In a thread of its own: start() may be called from a running event loop.
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    pool.submit(asyncio.run, probe()).result()
                 return
             except Exception as exc:
                 if time.monotonic() > deadline:
