@@ -516,8 +516,10 @@ llm:
   max_attempts: 6
   # rpm: 600
   # tpm: 1000000
+  # context_tokens: 131072                 # guard: shrink max_tokens to fit, or DLQ context_length
   cache:
     kind: sqlite                           # path: default ~/.cache/streamsynth/cache.sqlite3
+    max_entries: 1000000                   # least recently used answers are evicted beyond it
   prices:
     meta/llama-3.3-70b-instruct: {input_per_million: 0.6, output_per_million: 0.6}
 stages:
@@ -529,6 +531,18 @@ stages:
     prompt: "Summarize the following text in three sentences:\\n\\n{document}"
     output_field: summary
     output_topic: synth.summary
+  # - task: custom                         # structured answers, validated against the schema
+  #   prompt: "Rate this text as JSON:\\n\\n{document}"
+  #   output_field: rating
+  #   output_topic: synth.rating
+  #   response_format:
+  #     type: json_schema
+  #     json_schema:
+  #       name: rating
+  #       strict: true
+  #       schema: {type: object, properties: {score: {type: integer}}, required: [score]}
+  #   parse_retries: 2                     # then DLQ with reason invalid_output
+  #   on_truncated: dlq                    # keep (default) | filter | dlq
 worker:
   max_batch_records: 500
   max_inflight_records: 2000
