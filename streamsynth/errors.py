@@ -42,6 +42,8 @@ families live next to the code that raises them; the whole hierarchy::
     │       ├── RateLimitError                      http_429                  yes
     │       └── ServerError                         http_5xx                  yes
     ├── ModelUnavailable                            model_unavailable         no
+    ├── QueueFullError                              queue_full                yes
+    ├── PriorityNotEnabledError (ValueError)        priority_not_enabled      no
     ├── CliError                                    cli                       no
     └── ToolUnavailable (RuntimeError)              tool_unavailable          no
 
@@ -50,6 +52,7 @@ here; TransactionsUnsupportedError and PartitionFencedError in kafka/transaction
 SinkClosedError in kafka/sink.py; EngineError's family in engine/errors.py (GraphError
 in engine/graph.py); TokenizerUnavailableError in stages/nemotron_cc/tokenizer.py;
 LLMError's family in llm/errors.py; ModelUnavailable in local/model_server.py;
+QueueFullError and PriorityNotEnabledError (the simulator's replicas) in local/serving.py;
 CliError in cli/errors.py; ToolUnavailable in testing/tools.py.
 
 Foreign errors (aiohttp's, the openai SDK's, aiokafka's) are mapped into this

@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from streamsynth.errors import StreamsynthError
+
 __all__ = ["Replica", "ServingConfig", "ServingResult", "render_metrics"]
 
 #: vLLM's buckets for ``vllm:time_to_first_token_seconds``.
@@ -105,12 +107,17 @@ class ReplicaStats:
         self.ttft_counts[-1] += 1
 
 
-class QueueFullError(Exception):
+class QueueFullError(StreamsynthError):
     """The replica's waiting queue is at ``max_waiting``."""
 
+    error_type = "queue_full"
+    retryable = True
 
-class PriorityNotEnabledError(ValueError):
+
+class PriorityNotEnabledError(StreamsynthError, ValueError):
     """A non-zero priority sent to a replica that schedules first come, first served."""
+
+    error_type = "priority_not_enabled"
 
 
 class _PrefixCache:
