@@ -14,17 +14,39 @@ finishes it commits ``last + 1``, which is exactly what Kafka expects.
 
 Every operation is O(1) amortized: each offset is appended once, added to the
 finished set once and popped once.
+
+**Finished beyond the prefix.** One stuck record would make the next owner redo
+everything behind it, so each commit also carries, as its metadata, the finished
+offsets past the committed one (:func:`encode_finished`: runs, varint-coded,
+base64, under the broker's default 4 KiB ``offset.metadata.max.bytes``; runs that
+do not fit are left out, the farthest first, down to the plain prefix). The next
+owner reads it (:func:`decode_finished`) and :meth:`OffsetTracker.resume` makes the
+tracker treat those offsets as done when they are fetched again, so they are not
+processed twice and the prefix still moves over them. The metadata names the
+committed offset it belongs to; any other committed offset ignores it (a commit by
+a client that writes no or other metadata).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections import deque
+from collections.abc import Sequence
+
+#: Prefix of our commit metadata (the version of the encoding).
+METADATA_PREFIX = "ss1:"
+#: Kafka's default ``offset.metadata.max.bytes`` is 4096; keep a margin.
+MAX_METADATA_CHARS = 4000
+
+#: An inclusive range of finished offsets: (first, last).
+Run = tuple[int, int]
 
 
 class OffsetTracker:
     """Fetched and finished offsets of one partition (one assignment generation)."""
 
-    __slots__ = ("_done", "_last_fetched", "_pending", "committed")
+    __slots__ = ("_done", "_last_fetched", "_pending", "_skip", "committed", "committed_metadata")
 
     def __init__(self, committed: int | None = None) -> None:
         #: Fetched offsets not yet dropped from the front, in fetch (= increasing) order.
@@ -34,6 +56,18 @@ class OffsetTracker:
         self._last_fetched = -1
         #: The last offset committed (or known committed); commits never go below it.
         self.committed = committed
+        #: The metadata committed with it ("" = none): a commit is due when it changes.
+        self.committed_metadata = ""
+        #: Runs finished by a previous owner (from the commit metadata), in order.
+        self._skip: deque[Run] = deque()
+
+    def resume(self, committed: int, finished: Sequence[Run]) -> None:
+        """Start from a committed offset and the runs a previous owner finished beyond it.
+
+        Caller: the worker, on assignment, before anything of the partition is fetched.
+        """
+        self.committed = committed
+        self._skip = deque(run for run in finished if run[1] >= committed)
 
     def add(self, offset: int) -> bool:
         """Register a fetched offset; False when it is not new (a refetch: skip the record).
@@ -45,7 +79,16 @@ class OffsetTracker:
             return False
         self._last_fetched = offset
         self._pending.append(offset)
+        if self._skip and self._finished_before(offset):
+            self.done(offset)  # a previous owner finished it: done, not processed again
+            return False
         return True
+
+    def _finished_before(self, offset: int) -> bool:
+        skip = self._skip
+        while skip and skip[0][1] < offset:
+            skip.popleft()  # offsets only grow: runs behind the fetch are spent
+        return bool(skip) and skip[0][0] <= offset
 
     def done(self, offset: int) -> None:
         """Mark a fetched offset finished (published, filtered or dead-lettered)."""
@@ -85,6 +128,56 @@ class OffsetTracker:
             return None
         return position
 
+    def finished_runs(self) -> list[Run]:
+        """Finished offsets past the first unfinished one, as inclusive runs.
+
+        Two finished offsets with no unfinished fetched offset between them form one
+        run even across a gap: an offset missing between two fetched ones does not
+        exist (compaction, transaction markers), so nobody will fetch it.
+        """
+        self.committable()  # drop the finished front first
+        runs: list[Run] = []
+        done = self._done
+        start = last = -1
+        for offset in self._pending:
+            if offset in done:
+                if start < 0:
+                    start = offset
+                last = offset
+            elif start >= 0:
+                runs.append((start, last))
+                start = -1
+        if start >= 0:
+            runs.append((start, last))
+        # What a previous owner finished and nobody fetched again yet still counts.
+        beyond = self._last_fetched + 1
+        for first, end in self._skip:
+            if end < beyond:
+                continue
+            first = max(first, beyond)
+            if runs and runs[-1][1] == self._last_fetched and first == beyond:
+                runs[-1] = (runs[-1][0], end)  # the fetched run goes on into it
+            else:
+                runs.append((first, end))
+        return runs
+
+    def to_commit_with_metadata(self) -> tuple[int, str] | None:
+        """The (offset, metadata) to commit now; None when neither changed.
+
+        A stuck record keeps the offset still while records behind it finish: the
+        metadata then changes, and committing it spares the next owner their redo.
+        """
+        position = self.committable()
+        if position is None:
+            return None
+        metadata = encode_finished(position, self.finished_runs())
+        if self.committed is not None and (
+            position < self.committed
+            or (position == self.committed and metadata == self.committed_metadata)
+        ):
+            return None
+        return position, metadata
+
     @property
     def unfinished(self) -> int:
         """Fetched records not finished yet."""
@@ -98,3 +191,84 @@ class OffsetTracker:
     @property
     def last_fetched(self) -> int:
         return self._last_fetched
+
+
+# -- commit metadata ----------------------------------------------------------------------
+def _varint(value: int, out: bytearray) -> None:
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return
+
+
+def _read_varints(data: bytes) -> list[int]:
+    values: list[int] = []
+    value = shift = 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint too long")
+        else:
+            values.append(value)
+            value = shift = 0
+    if shift:
+        raise ValueError("truncated varint")
+    return values
+
+
+def encode_finished(
+    committed: int, runs: Sequence[Run], max_chars: int = MAX_METADATA_CHARS
+) -> str:
+    """Commit metadata for ``runs`` finished past ``committed`` ("" when there are none).
+
+    Layout (before base64): varints ``committed``, then per run ``first - cursor`` and
+    ``last - first``, where the cursor starts at ``committed`` and moves to
+    ``last + 1``. Runs that would pass ``max_chars`` are dropped from the end: the
+    nearest ones are redone first, so they are the most worth keeping.
+    """
+    if not runs:
+        return ""
+    # base64 turns 3 bytes into 4 characters.
+    budget = (max_chars - len(METADATA_PREFIX)) // 4 * 3
+    out = bytearray()
+    _varint(committed, out)
+    cursor = committed
+    for first, last in runs:
+        if first < cursor or last < first:
+            raise ValueError(f"runs must be ordered and past the commit: {(first, last)}")
+        size = len(out)
+        _varint(first - cursor, out)
+        _varint(last - first, out)
+        if len(out) > budget:
+            del out[size:]
+            break
+        cursor = last + 1
+    if cursor == committed:
+        return ""  # not even one run fits: the plain prefix
+    return METADATA_PREFIX + base64.urlsafe_b64encode(bytes(out)).decode("ascii")
+
+
+def decode_finished(committed: int, metadata: str | None) -> list[Run]:
+    """The runs in ``metadata`` if it was written with the offset ``committed``; else []."""
+    if not metadata or not metadata.startswith(METADATA_PREFIX):
+        return []
+    try:
+        values = _read_varints(base64.urlsafe_b64decode(metadata[len(METADATA_PREFIX) :]))
+    except (ValueError, binascii.Error):
+        return []  # not ours, or damaged: the plain prefix is always safe
+    if not values or values[0] != committed or len(values) % 2 != 1:
+        return []
+    runs: list[Run] = []
+    cursor = committed
+    for i in range(1, len(values), 2):
+        first = cursor + values[i]
+        last = first + values[i + 1]
+        runs.append((first, last))
+        cursor = last + 1
+    return runs
