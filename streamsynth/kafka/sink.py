@@ -16,14 +16,21 @@ A delivery that fails with a transient error is re-sent, message by message, wit
 backoff until it is acknowledged or the sink is closed: a record whose output was
 never acknowledged is never reported done, so its offset is never committed.
 Only an error that no retry can fix (a record larger than the broker accepts) is
-reported to the callback.
+reported to the callback. During an outage every message fails on every retry:
+those warnings are folded into one line per topic and error per
+:data:`WARNING_INTERVAL_S`, with the count (:class:`RepeatedWarning`).
+
+:meth:`Sink.stop` takes a deadline: a producer that cannot flush (broker down) is
+abandoned when it passes, and its unacknowledged messages stay unfinished records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +57,8 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 
 #: Bytes per record batch (per topic-partition); larger messages are sent on their own.
 MAX_BATCH_BYTES = 512 * 1024
+#: A repeated warning (same message, topic and error) is logged once per this many seconds.
+WARNING_INTERVAL_S = 10.0
 
 Headers = list[tuple[str, bytes]]
 #: Called once per message: None when acknowledged, the error when it can never be.
@@ -68,6 +77,52 @@ class OutMessage:
     value: bytes | None
     key: bytes | None = None
     headers: Headers | None = None
+
+
+class RepeatedWarning:
+    """One warning line per key and interval, saying how many it stands for.
+
+    The first occurrence of a key is logged at once (an outage shows up without
+    delay); later ones within ``interval_s`` are only counted, and the next line
+    carries ``repeated``: how many occurrences it stands for since the last line.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        message: str,
+        *,
+        interval_s: float = WARNING_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._message = message
+        self._interval_s = interval_s
+        self._clock = clock
+        #: key -> [time of the last line, occurrences since it]
+        self._seen: dict[tuple[str, ...], list[float]] = {}
+
+    def warn(self, key: tuple[str, ...], extra: dict[str, Any]) -> None:
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is None:
+            self._seen[key] = [now, 0]
+            self._log.warning(self._message, extra={**extra, "repeated": 1})
+            return
+        seen[1] += 1
+        if now - seen[0] >= self._interval_s:
+            self._log.warning(
+                self._message,
+                extra={**extra, "repeated": int(seen[1]), "interval_s": self._interval_s},
+            )
+            seen[0], seen[1] = now, 0
+
+    def flush(self) -> None:
+        """Log what was counted since the last line of each key (at shutdown)."""
+        for key, (_, count) in self._seen.items():
+            if count:
+                self._log.warning(self._message, extra={"key": list(key), "repeated": int(count)})
+        self._seen.clear()
 
 
 def producer_options(settings: Settings) -> dict[str, Any]:
@@ -127,6 +182,10 @@ class Sink:
         self._partitioner = DefaultPartitioner()
         # Small messages are batched; anything near the batch size goes through send().
         self._batch_limit = MAX_BATCH_BYTES // 4
+        self._retry_warning = RepeatedWarning(log, "publish failed, retrying")
+        self._batch_warning = RepeatedWarning(
+            log, "batch publish failed; re-sending its messages one by one"
+        )
 
     async def start(self) -> None:
         await self.producer.start()
@@ -221,14 +280,10 @@ class Sink:
     def _batch_failed(self, batch: _OpenBatch, exc: BaseException) -> None:
         if self._closed:
             return  # unacknowledged: the records stay unfinished and are redelivered
-        log.warning(
-            "batch publish failed; re-sending its messages one by one",
-            extra={
-                "topic": batch.topic,
-                "partition": batch.partition,
-                "messages": len(batch.entries),
-                "error": type(exc).__name__,
-            },
+        error = type(exc).__name__
+        self._batch_warning.warn(
+            (batch.topic, error),
+            {"topic": batch.topic, "partition": batch.partition, "error": error},
         )
         for msg, callback in batch.entries:
             self._spawn(self._redeliver(msg, callback, exc))
@@ -301,14 +356,11 @@ class Sink:
             raise SinkClosedError("the sink is closed") from exc
         delay = min(self._backoff_max_s, self._backoff_base_s * 2 ** min(attempt - 1, 16))
         delay *= 0.5 + random.random() / 2  # jitter: many records fail together
-        log.warning(
-            "publish failed, retrying",
-            extra={
-                "topic": msg.topic,
-                "attempt": attempt,
-                "error": type(exc).__name__,
-                "retry_in_s": round(delay, 3),
-            },
+        error = type(exc).__name__
+        # Per message and retry this would be thousands of lines a minute in an outage.
+        self._retry_warning.warn(
+            (msg.topic, error),
+            {"topic": msg.topic, "attempt": attempt, "error": error, "retry_in_s": round(delay, 3)},
         )
         await asyncio.sleep(delay)
 
@@ -322,8 +374,13 @@ class Sink:
         self.flush_open()
         await self.producer.flush()
 
-    async def stop(self) -> None:
-        """Send what is batched, stop retrying, close the producer (it flushes first)."""
+    async def stop(self, timeout_s: float | None = None) -> bool:
+        """Send what is batched, stop retrying, close the producer (it flushes first).
+
+        False when the producer could not flush and close within ``timeout_s``
+        (the broker is down): it is abandoned, and what it held was never
+        acknowledged, so those records stay unfinished (redone, never lost).
+        """
         self.flush_open()
         # Let the batch hand-offs reach the producer before retries are cancelled.
         await asyncio.sleep(0)
@@ -332,4 +389,13 @@ class Sink:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.producer.stop()
+        self._retry_warning.flush()
+        self._batch_warning.flush()
+        try:
+            await asyncio.wait_for(self.producer.stop(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                # Drop its connections at least (no flush): nothing may hold the exit.
+                await asyncio.wait_for(self.producer.client.close(), 1.0)
+            return False
+        return True

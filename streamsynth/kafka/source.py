@@ -7,16 +7,33 @@ group moves them.
 
 Lag is ``highwater - committed`` (see :mod:`streamsynth.kafka.admin` for why not
 ``end_offsets``). The client is built by :mod:`streamsynth.kafka.connection`.
+
+Every call that waits on the broker takes a timeout: in an outage aiokafka's
+commit waits for a coordinator forever, and a shutdown must end regardless.
+
+Commits carry metadata (the finished offsets past the committed one, see
+:mod:`streamsynth.kafka.offsets`). aiokafka's ``committed()`` returns only the
+offset, so :meth:`Source.committed_with_metadata` asks the group coordinator
+(``OffsetFetch``) directly. What the brokers keep (checked 2026-12-01, aiokafka
+0.14): noida-db stores and returns the metadata (it does not enforce the 4 KiB
+default limit); Tansu 0.6 accepts it and returns an empty string, so on Tansu the
+next owner falls back to the plain prefix. (The admin client's
+``list_consumer_group_offsets`` fails to decode Tansu's answer; on noida-db it
+returns the metadata too.)
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from streamsynth.config import Settings
 from streamsynth.kafka.admin import partition_lag
@@ -86,9 +103,20 @@ class Source:
         await self.consumer.start()
         self.consumer.subscribe(self.topics, listener=self._listener)
 
-    async def stop(self) -> None:
-        # Leaves the group (unless static membership), so the partitions move at once.
-        await self.consumer.stop()
+    async def stop(self, timeout_s: float | None = None) -> bool:
+        """Leave the group (unless static membership), so the partitions move at once.
+
+        False when that did not finish within ``timeout_s`` (the broker is down):
+        the connections are then dropped without a goodbye and the group notices
+        after the session timeout.
+        """
+        try:
+            await asyncio.wait_for(self.consumer.stop(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(TimeoutError, KafkaError, OSError):
+                await asyncio.wait_for(self.consumer._client.close(), 1.0)
+            return False
+        return True
 
     async def getmany(
         self, timeout_ms: int, max_records: int
@@ -111,12 +139,52 @@ class Source:
         if parts:
             self.consumer.resume(*parts)
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        await self.consumer.commit(offsets)
+    async def commit(
+        self,
+        offsets: Mapping[TopicPartition, int],
+        metadata: Mapping[TopicPartition, str] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Commit ``offsets`` (with per-partition ``metadata``); TimeoutError past ``timeout_s``."""
+        meta = metadata or {}
+        await asyncio.wait_for(
+            self.consumer.commit(
+                {tp: OffsetAndMetadata(off, meta.get(tp, "")) for tp, off in offsets.items()}
+            ),
+            timeout_s,
+        )
 
     async def committed(self, tp: TopicPartition) -> int | None:
         value: int | None = await self.consumer.committed(tp)
         return value
+
+    async def committed_with_metadata(
+        self, tps: Iterable[TopicPartition], timeout_s: float
+    ) -> dict[TopicPartition, tuple[int, str]]:
+        """The group's committed (offset, metadata) of ``tps``; partitions never committed are
+        left out. Raises TimeoutError or KafkaError when the coordinator does not answer.
+        """
+        wanted = list(tps)
+        if not wanted:
+            return {}
+        # aiokafka's public committed() drops the metadata; its coordinator keeps it.
+        found = await asyncio.wait_for(
+            self.consumer._coordinator.fetch_committed_offsets(wanted), timeout_s
+        )
+        return {
+            tp: (om.offset, om.metadata or "")
+            for tp, om in found.items()
+            if om is not None and om.offset >= 0
+        }
+
+    async def broker_reachable(self, timeout_s: float) -> bool:
+        """Whether some broker answers a metadata request within ``timeout_s``."""
+        try:
+            await asyncio.wait_for(self.consumer._client.fetch_all_metadata(), timeout_s)
+        except (TimeoutError, KafkaError, OSError):
+            return False
+        return True
 
     def lag(self, tp: TopicPartition, committed: int | None) -> int | None:
         """High watermark minus the committed offset (None until a fetch saw the partition)."""
