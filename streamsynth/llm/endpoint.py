@@ -30,6 +30,7 @@ from streamsynth.llm.breaker import CircuitBreaker, CircuitState
 from streamsynth.llm.client import AsyncLLMClient
 from streamsynth.llm.concurrency import AdaptiveLimiter
 from streamsynth.llm.errors import APIStatusError, LLMError
+from streamsynth.llm.onwire import mark_on_wire
 from streamsynth.llm.ratelimit import NO_RESERVATION, RateLimiter, Reservation, estimate_tokens
 from streamsynth.llm.retry import is_overload
 from streamsynth.llm.types import ChatRequest, ChatResult
@@ -93,13 +94,17 @@ class Endpoint:
         deadline: float,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        priority: int = 0,
     ) -> Attempt:
         """One attempt of ``request``, to be used as ``async with``; see the module docs.
 
         ``clock`` must be the limiter's (both ``time.monotonic`` unless a test injects
         one): the time a slot is granted feeds the limiter's latency signal.
+        ``priority`` orders it among the attempts queued for a slot (lower first).
         """
-        return Attempt(self, request, deadline=deadline, clock=clock, sleep=sleep)
+        return Attempt(
+            self, request, deadline=deadline, clock=clock, sleep=sleep, priority=priority
+        )
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -128,8 +133,10 @@ class Attempt:
         deadline: float,
         clock: Clock,
         sleep: Sleep,
+        priority: int = 0,
     ) -> None:
         self.endpoint = endpoint
+        self.priority = priority
         self.status = AttemptStatus.OUT_OF_TIME
         self.queued = False
         self._request = request
@@ -187,7 +194,7 @@ class Attempt:
             self.queued = True
             try:
                 async with asyncio.timeout(max(self._remaining(), 0.0)):
-                    self._started = await limiter.acquire()
+                    self._started = await limiter.acquire(priority=self.priority)
             except TimeoutError:
                 return False
         self._holds_slot = True
@@ -219,6 +226,7 @@ class Attempt:
         if self.status is not AttemptStatus.READY or self._sent:
             raise RuntimeError("an attempt is sent once, and only when READY")
         self._sent = True
+        mark_on_wire()  # the record now holds work on the server (see llm/onwire.py)
         try:
             result = await self.endpoint.transport.chat(request)
         except LLMError as exc:

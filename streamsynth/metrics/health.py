@@ -2,14 +2,22 @@
 
 Liveness answers "is this process stuck?" only: the event loop runs and the
 consume loop's heartbeat is fresh. It never checks the broker or the LLM, so a
-slow model never gets a worker restarted. Readiness gates rollouts: started,
-joined the group (partitions assigned), and the LLM endpoint answered once.
+slow model never gets a worker restarted.
+
+Readiness gates rollouts and load balancing, and follows the present, not the
+past: started, joined the group (partitions assigned), the LLM endpoint answered
+once, and *now*: the broker answers (the runtime's broker probe), some LLM
+endpoint answers (the runtime's LLM probe) and not every endpoint's circuit is
+open (the client's breakers, through :class:`ReadinessObserver`). Each of these
+turns 503 with its reason while it lasts and 200 again when it recovers.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+from streamsynth.metrics.registry import Metrics, PrometheusLLMObserver
 
 
 @dataclass
@@ -18,8 +26,15 @@ class HealthState:
     heartbeat_timeout_s: float = 60.0
     started: bool = False
     joined: bool = False
+    #: Some LLM endpoint answered at least once (the probe, or a record's answer).
     llm_ok: bool = False
     stopping: bool = False
+    #: The last broker probe's verdict (True until a probe says otherwise).
+    broker_reachable: bool = True
+    #: The last LLM probe's verdict (True until a probe says otherwise).
+    llm_reachable: bool = True
+    #: Endpoint -> whether its circuit breaker is open now.
+    circuits: dict[str, bool] = field(default_factory=dict)
     last_heartbeat: float = field(default_factory=time.monotonic)
 
     def mark_started(self) -> None:
@@ -37,6 +52,17 @@ class HealthState:
 
     def mark_stopping(self) -> None:
         self.stopping = True
+
+    def set_broker_reachable(self, reachable: bool) -> None:
+        self.broker_reachable = reachable
+
+    def set_llm_reachable(self, reachable: bool) -> None:
+        self.llm_reachable = reachable
+        if reachable:
+            self.llm_ok = True
+
+    def set_circuit(self, endpoint: str, open_: bool) -> None:
+        self.circuits[endpoint] = open_
 
     def heartbeat_age_s(self) -> float:
         return time.monotonic() - self.last_heartbeat
@@ -58,4 +84,37 @@ class HealthState:
             )
             if not ok
         ]
-        return (not missing, "ok" if not missing else "waiting: " + ", ".join(missing))
+        if missing:
+            return False, "waiting: " + ", ".join(missing)
+        down = self._down()
+        if down:
+            return False, "unavailable: " + "; ".join(down)
+        return True, "ok"
+
+    def _down(self) -> list[str]:
+        """What is failing now (each recovers on its own)."""
+        down = []
+        if not self.broker_reachable:
+            down.append("the Kafka broker does not answer")
+        if not self.llm_reachable:
+            down.append("no LLM endpoint answers")
+        if self.circuits and all(self.circuits.values()):
+            down.append("every LLM endpoint's circuit is open: " + ", ".join(sorted(self.circuits)))
+        return down
+
+
+class ReadinessObserver(PrometheusLLMObserver):
+    """The metrics observer that also tells :class:`HealthState` about circuit changes."""
+
+    def __init__(self, metrics: Metrics, health: HealthState) -> None:
+        super().__init__(metrics)
+        self.health = health
+
+    def on_inflight(self, *, endpoint: str, inflight: int) -> None:
+        super().on_inflight(endpoint=endpoint, inflight=inflight)
+        # An endpoint counts once it was used: one never tried is not known to be down.
+        self.health.circuits.setdefault(endpoint, False)
+
+    def on_circuit(self, *, endpoint: str, open: bool) -> None:
+        super().on_circuit(endpoint=endpoint, open=open)
+        self.health.set_circuit(endpoint, open)

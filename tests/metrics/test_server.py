@@ -91,3 +91,43 @@ async def test_stop_releases_the_port() -> None:
         assert again.port == port
     finally:
         await again.stop()
+
+
+async def test_readiness_follows_the_broker_the_llm_and_the_circuits_now(
+    served: tuple[MetricsServer, Metrics, HealthState],
+) -> None:
+    from streamsynth.metrics.health import ReadinessObserver
+
+    server, metrics, health = served
+    health.mark_started()
+    health.mark_joined()
+    health.mark_llm_ok()
+    assert (await _get(server.url + "/readyz"))[0] == 200
+
+    health.set_broker_reachable(False)
+    status, _, text = await _get(server.url + "/readyz")
+    assert status == 503 and "broker" in text
+    assert (await _get(server.url + "/healthz"))[0] == 200  # liveness is the loop only
+    health.set_broker_reachable(True)
+    assert (await _get(server.url + "/readyz"))[0] == 200
+
+    health.set_llm_reachable(False)
+    status, _, text = await _get(server.url + "/readyz")
+    assert status == 503 and "no LLM endpoint answers" in text
+    health.set_llm_reachable(True)
+    assert (await _get(server.url + "/readyz"))[0] == 200
+
+    observer = ReadinessObserver(metrics, health)
+    observer.on_inflight(endpoint="http://a/v1", inflight=1)
+    observer.on_inflight(endpoint="http://b/v1", inflight=1)
+    observer.on_circuit(endpoint="http://a/v1", open=True)
+    assert (await _get(server.url + "/readyz"))[0] == 200  # b still serves
+    observer.on_circuit(endpoint="http://b/v1", open=True)
+    status, _, text = await _get(server.url + "/readyz")
+    assert status == 503 and "circuit is open" in text and "http://b/v1" in text
+    observer.on_circuit(endpoint="http://a/v1", open=False)
+    assert (await _get(server.url + "/readyz"))[0] == 200
+    assert (
+        'streamsynth_llm_circuit_open{endpoint="http://a/v1"} 0.0'
+        in (await _get(server.url + "/metrics"))[2]
+    )
