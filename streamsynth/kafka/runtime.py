@@ -49,6 +49,9 @@ EXIT_CONFIG = 2
 FORCED_EXIT_CODE = 2
 
 LOGGER = "streamsynth.kafka.runtime"
+#: Readiness probes (broker metadata, LLM ``/models``): how often, and how long one may take.
+PROBE_INTERVAL_S = 2.0
+PROBE_TIMEOUT_S = 3.0
 
 _early_signals: list[int] = []
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -187,7 +190,7 @@ async def arun_worker(
                 metrics, health, settings.metrics.host, settings.metrics.port
             )
             log.info("metrics server listening", extra={"port": server.port})
-        background = _start_background(settings, metrics, health)
+        background = _start_background(settings, metrics, health, worker)
         await worker.run()
     except (KafkaError, OSError) as exc:
         # Typically the broker is unreachable at start-up, or the metrics port is taken;
@@ -257,35 +260,38 @@ def _install_loop_handlers(request_stop: Callable[[], None]) -> None:
 
 
 class _Background:
-    """Event-loop lag sampling, the console summary and the LLM readiness probe."""
+    """Event-loop lag sampling, the console summary and the readiness probes."""
 
     def __init__(
         self,
         lag: LoopLagMonitor,
         summary: ConsoleSummary | None,
-        probe: asyncio.Task[None],
+        probes: list[asyncio.Task[None]],
     ) -> None:
         self.lag = lag
         self.summary = summary
-        self.probe = probe
+        self.probes = probes
 
     async def stop(self) -> None:
         import asyncio
         import contextlib
 
-        self.probe.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.probe
+        for probe in self.probes:
+            probe.cancel()
+        for probe in self.probes:
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
         await self.lag.stop()
         if self.summary is not None:
             await self.summary.stop()
 
 
-def _start_background(settings: Settings, metrics: Metrics, health: HealthState) -> _Background:
+def _start_background(
+    settings: Settings, metrics: Metrics, health: HealthState, worker: Worker
+) -> _Background:
     import asyncio
 
     from streamsynth.config import ConfigError
-    from streamsynth.llm.probe import wait_until_reachable
     from streamsynth.metrics.loop_lag import LoopLagMonitor
     from streamsynth.metrics.summary import ConsoleSummary
 
@@ -299,8 +305,57 @@ def _start_background(settings: Settings, metrics: Metrics, health: HealthState)
         api_key = settings.llm.resolve_api_key()
     except ConfigError:
         api_key = "EMPTY"  # the client reports the real problem on its first request
-    probe = asyncio.get_running_loop().create_task(
-        wait_until_reachable(settings.llm.base_urls, api_key, health.mark_llm_ok),
-        name="streamsynth-llm-probe",
-    )
-    return _Background(lag, summary, probe)
+    loop = asyncio.get_running_loop()
+    probes = [
+        loop.create_task(
+            _watch_llm(settings.llm.base_urls, api_key, health), name="streamsynth-llm-probe"
+        ),
+        loop.create_task(_watch_broker(worker, health), name="streamsynth-broker-probe"),
+    ]
+    return _Background(lag, summary, probes)
+
+
+async def _watch_llm(base_urls: Sequence[str], api_key: str, health: HealthState) -> None:
+    """Readiness follows the LLM: some endpoint answers ``GET /models`` now (or not)."""
+    import asyncio
+    import logging
+
+    from streamsynth.llm.probe import endpoint_answers
+
+    log = logging.getLogger(LOGGER)
+    while True:
+        reachable = False
+        for url in base_urls:
+            if await endpoint_answers(url, api_key, timeout_s=PROBE_TIMEOUT_S):
+                reachable = True
+                break
+        if reachable != health.llm_reachable:
+            # Transitions only: a long outage is one line, not one per probe.
+            log.log(
+                logging.INFO if reachable else logging.WARNING,
+                "LLM reachable again" if reachable else "no LLM endpoint answers",
+                extra={"endpoints": len(base_urls)},
+            )
+        health.set_llm_reachable(reachable)
+        await asyncio.sleep(PROBE_INTERVAL_S)
+
+
+async def _watch_broker(worker: Worker, health: HealthState) -> None:
+    """Readiness follows the broker: it answers a metadata request now (or not)."""
+    import asyncio
+    import logging
+
+    log = logging.getLogger(LOGGER)
+    while True:
+        await asyncio.sleep(PROBE_INTERVAL_S)
+        try:
+            source = worker.running.source
+        except RuntimeError:
+            continue  # not started yet
+        reachable = await source.broker_reachable(PROBE_TIMEOUT_S)
+        if reachable != health.broker_reachable:
+            log.log(
+                logging.INFO if reachable else logging.WARNING,
+                "Kafka broker reachable again" if reachable else "the Kafka broker does not answer",
+            )
+        health.set_broker_reachable(reachable)

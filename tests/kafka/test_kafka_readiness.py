@@ -70,3 +70,36 @@ def test_idle_worker_readiness_follows_the_llm_probe(
     finally:
         worker.stop()
     assert worker.proc is not None and worker.proc.returncode == 0, worker.log_text()[-2000:]
+
+
+def test_readiness_follows_the_llm_going_down_and_coming_back(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """/readyz: 503 within 15 s of the LLM going away, 200 within 15 s of its return."""
+    from streamsynth.local.llm_simulator import SimulatorConfig, SimulatorProcess
+
+    topics = Topics.make(["summary"])
+    asyncio.run(topics.create(kafka_bootstrap, partitions=2))
+    sim = SimulatorProcess(SimulatorConfig(port=free_port()))
+    url = sim.start()
+    cfg = worker_config(
+        kafka_bootstrap, topics, url, [custom_stage("summary", topics.outputs["summary"])]
+    )
+    worker = WorkerProcess(cfg, tmp_path).start()
+    try:
+        port = _metrics_port(worker)
+        _wait_status(port, "/readyz", 200, 30)
+        sim.stop()
+        t0 = time.monotonic()
+        body = _wait_status(port, "/readyz", 503, 15)
+        print(f"unready {time.monotonic() - t0:.1f} s after the LLM went down")
+        assert "no LLM endpoint answers" in body
+        assert _get(port, "/healthz")[0] == 200  # liveness is about the event loop only
+        assert sim.start() == url  # the same port again
+        t0 = time.monotonic()
+        _wait_status(port, "/readyz", 200, 15)
+        print(f"ready {time.monotonic() - t0:.1f} s after the LLM came back")
+    finally:
+        worker.stop()
+        sim.stop()
+    assert worker.proc is not None and worker.proc.returncode == 0, worker.log_text()[-2000:]
