@@ -73,6 +73,10 @@ class Endpoint:
     def reopens_at(self) -> float:
         return self.breaker.reopens_at()
 
+    def ready_at(self) -> float:
+        """Clock time before which a throttled (429) attempt should not be sent here again."""
+        return self.limiter.ready_at()
+
     @property
     def concurrency_limit(self) -> int:
         return self.limiter.limit
