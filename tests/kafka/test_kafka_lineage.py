@@ -233,3 +233,29 @@ async def test_context_guard_dead_letters_an_overlong_document_unsent(
     validate_output(out.value)
     assert out.json()["streamsynth"]["generation"]["max_tokens"] == 100
     assert sim.stats().requests == 1  # the 50,000-token document was never sent
+
+
+async def test_a_redone_document_is_answered_from_the_cache_with_the_same_output_id(
+    kafka_bootstrap: str, sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    n = 50
+    source = unique("lineage.cache.in")
+    await create_topics(kafka_bootstrap, {source: 2})
+    await produce(kafka_bootstrap, source, (doc(i) for i in range(n)))
+    cache = {"kind": "sqlite", "path": str(tmp_path / "cache.sqlite3"), "max_entries": 1000}
+    stages = [stage("a", "")]
+    sim.reset_stats()
+    first = await run_group(
+        kafka_bootstrap, sim.base_url, tmp_path, source, n, stages, "c1", llm__cache=cache
+    )
+    assert sim.stats().requests == n
+    sim.reset_stats()
+    again = await run_group(
+        kafka_bootstrap, sim.base_url, tmp_path, source, n, copy.deepcopy(stages), "c2",
+        llm__cache=cache,
+    )  # fmt: skip
+    assert sim.stats().requests == 0  # every answer came from the cache: free
+    assert set(ids_by_stage(first)["a"]) == set(ids_by_stage(again)["a"])
+    metas = [r.json()["streamsynth"] for r in again["a"]]
+    assert all(m["cached"] and m["attempts"] == 0 for m in metas)
+    assert all(m["endpoint"] == sim.base_url for m in metas)  # kept from the first answer
