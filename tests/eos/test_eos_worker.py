@@ -179,11 +179,11 @@ async def test_a_second_worker_with_the_same_identity_fences_the_first(
     n = 4_000
     topics = Topics.make(["summary"])
     await topics.create(txn_bootstrap)
-    # 20 ms per request keeps A mid-stream when it is frozen.
     await produce(
-        txn_bootstrap, topics.input, [doc(i, f"[[sim:latency=0.02]] doc {i}") for i in range(n)]
+        txn_bootstrap, topics.input, [doc(i, f"[[sim:latency=0.1]] doc {i}") for i in range(n)]
     )
     cfg = _config(txn_bootstrap, topics, eos_sim, "exactly_once")
+    cfg["llm"]["max_concurrency"] = 32  # at most ~320 documents/s: A is mid-stream
     async with CommittedReader(txn_bootstrap, _everything(topics)) as reader:
         a = WorkerProcess(cfg, tmp_path, name="zombie").start()
         b = WorkerProcess(cfg, tmp_path, name="successor")
@@ -201,9 +201,45 @@ async def test_a_second_worker_with_the_same_identity_fences_the_first(
             b.signal(signal.SIGTERM)
             assert b.wait(20) == 0
         finally:
-            a.signal(signal.SIGCONT) if a.alive() else None
+            if a.alive():
+                a.signal(signal.SIGCONT)
             a.stop()
             b.stop()
         await reader.settle(quiet_s=1.0)
     assert at_freeze < n
     _check(reader, topics, n, "exactly_once")
+
+
+async def test_a_zombie_in_at_least_once_mode_loses_nothing_and_is_not_fenced(
+    txn_bootstrap: str, eos_sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    """The same zombie in at_least_once mode: nothing fences it, so what it had in flight
+    is published again after B redid it (the duplicates exactly-once removes)."""
+    n = 4_000
+    topics = Topics.make(["summary"])
+    await topics.create(txn_bootstrap)
+    await produce(
+        txn_bootstrap, topics.input, [doc(i, f"[[sim:latency=0.1]] doc {i}") for i in range(n)]
+    )
+    cfg = _config(txn_bootstrap, topics, eos_sim, "at_least_once")
+    cfg["llm"]["max_concurrency"] = 32  # at most ~320 documents/s: A is mid-stream
+    async with CommittedReader(txn_bootstrap, _everything(topics)) as reader:
+        a = WorkerProcess(cfg, tmp_path, name="zombie").start()
+        b = WorkerProcess(cfg, tmp_path, name="successor")
+        try:
+            await _poll_until(reader, lambda: len(reader.copies) >= n // 5, 60, "progress")
+            await _in_flight(eos_sim)
+            a.signal(signal.SIGSTOP)
+            b.start()
+            await _poll_until(reader, lambda: len(reader.copies) >= n, 90, "all documents")
+            a.signal(signal.SIGCONT)
+            await reader.settle(quiet_s=2.0)
+            assert a.alive(), "nothing fences an at-least-once zombie: it keeps running"
+        finally:
+            if a.alive():
+                a.signal(signal.SIGCONT)
+            a.stop()
+            b.stop()
+        await reader.settle(quiet_s=1.0)
+    duplicates = _check(reader, topics, n, "at_least_once")
+    print(f"at_least_once zombie: {duplicates} duplicates")
