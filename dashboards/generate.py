@@ -273,7 +273,16 @@ def llm_row(lay: Layout) -> None:
             (f"sum by (endpoint) (streamsynth_llm_concurrency_limit{{{SEL}}})", "limit"),
         ],
         "short",
-        "Requests holding a slot against the (adaptive) limit, per endpoint.",
+        "Requests holding a slot against the (adaptive) limit, per endpoint. The limit "
+        "ramps up, settles where the server starts queueing, and is cut once per burst "
+        "of 429s/timeouts (control law: streamsynth/llm/concurrency.py).",
+    )
+    lay.panel(
+        "Queue wait for a concurrency slot p50 / p95 / p99",
+        _quantiles("streamsynth_llm_slot_wait_seconds", SEL, "endpoint"),
+        "s",
+        "How long requests that found every slot taken waited for one, per endpoint: "
+        "the worker's own queue in front of the limit.",
     )
     hits = f"sum(rate(streamsynth_llm_cache_hits_total{{{SEL_MODEL}}}[{RI}]))"
     misses = f"sum(rate(streamsynth_llm_cache_misses_total{{{SEL_MODEL}}}[{RI}]))"
@@ -330,6 +339,110 @@ def llm_row(lay: Layout) -> None:
         "bool_on_off",
         "1 while an endpoint's breaker is open and requests fail fast.",
     )  # fmt: skip
+
+
+#: vLLM's series come from the servers' own /metrics (their scrape job), so these
+#: panels select by the variables too: keep the servers' job in $job to see them.
+VLLM_SEL = SEL
+
+
+def servers_row(lay: Layout) -> None:
+    lay.row("Servers (vLLM /metrics)")
+    lay.panel(
+        "Server requests running / waiting",
+        [
+            (_gauge("vllm:num_requests_running", VLLM_SEL, "instance"), "running {{instance}}"),
+            (_gauge("vllm:num_requests_waiting", VLLM_SEL, "instance"), "waiting {{instance}}"),
+        ],
+        "short",
+        "Per server: the running batch (up to max_num_seqs) and its queue. Waiting > 0 "
+        "with the client's limit at its knee means the fleet is full.",
+    )
+    hits = _rate("vllm:prefix_cache_hits_total", VLLM_SEL, "instance")
+    queries = _rate("vllm:prefix_cache_queries_total", VLLM_SEL, "instance")
+    lay.panel(
+        "Server prefix-cache hit rate",
+        [(f"{hits} / {queries}", "{{instance}}")],
+        "percentunit",
+        "Prompt tokens found in each server's prefix cache over those looked up.",
+    )
+    lay.panel(
+        "Server generation tokens / s",
+        [
+            (_rate("vllm:generation_tokens_total", VLLM_SEL, "instance"), "{{instance}}"),
+            (f"sum(rate(vllm:generation_tokens_total{{{VLLM_SEL}}}[{RI}]))", "fleet"),
+        ],
+        "short",
+        "Output tokens each server generates (goodput, all clients), and the fleet's sum.",
+    )
+
+
+def model_group_rows(lay: Layout) -> None:
+    """One row per model group (llm.models): its traffic, queues, routing and caches."""
+    lay.row("Model group $model_group", repeat="model_group")
+    group = 'model_group=~"$model_group"'
+    member = f"streamsynth_llm_endpoint_group{{{SEL}, {group}}}"
+
+    def of_group(expr: str) -> str:
+        # Per-endpoint series kept only for the group's endpoints (the join's value is 1).
+        return f"({expr} * on (job, instance, endpoint) group_left () {member})"
+
+    lay.panel(
+        "Group attempts / s by status",
+        [(_rate("streamsynth_llm_requests_total", f'{SEL}, model=~"$model_group"', "status"),
+          "{{status}}")],
+        "reqps",
+        "HTTP attempts to the group's replicas by outcome (the group is named after its model).",
+        stack=True,
+    )  # fmt: skip
+    lay.panel(
+        "Group queue wait p50 / p95 / p99 by stage",
+        _quantiles("streamsynth_llm_queue_wait_seconds", f"{SEL}, {group}", "stage"),
+        "s",
+        "Time attempts waited in the client before being sent (rate budget, slot, global "
+        "bound). A stage with a lower priority value gets the next free slot first.",
+    )
+    lay.panel(
+        "Routed attempts / s by replica and route",
+        [(_rate("streamsynth_llm_routed_total", f"{SEL}, {group}", "endpoint, route"),
+          "{{route}} {{endpoint}}")],
+        "reqps",
+        "home: the stage's own replica (prefix affinity); spill: home was full; "
+        "least_loaded: no affinity. A replica whose circuit opens loses its share to the "
+        "others until it recovers.",
+        stack=True,
+    )  # fmt: skip
+    lay.panel(
+        "Group in-flight vs concurrency limit",
+        [
+            (f"sum by (endpoint) {of_group(f'streamsynth_llm_inflight_requests{{{SEL}}}')}",
+             "in flight {{endpoint}}"),
+            (f"sum by (endpoint) {of_group(f'streamsynth_llm_concurrency_limit{{{SEL}}}')}",
+             "limit {{endpoint}}"),
+        ],
+        "short",
+        "Each replica of the group: requests holding a slot against its own adaptive limit.",
+    )  # fmt: skip
+    cached = f'rate(streamsynth_llm_endpoint_prompt_tokens_total{{{SEL}, cached="true"}}[{RI}])'
+    prompt = f"rate(streamsynth_llm_endpoint_prompt_tokens_total{{{SEL}}}[{RI}])"
+    lay.panel(
+        "Prefix-cache hit rate per replica (client view)",
+        [(f"sum by (endpoint) {of_group(cached)} / sum by (endpoint) {of_group(prompt)}",
+          "{{endpoint}}")],
+        "percentunit",
+        "Prompt tokens the replica served from its prefix cache, from the answers' "
+        "usage.prompt_tokens_details.cached_tokens (servers that report it).",
+    )  # fmt: skip
+    vllm = f'{VLLM_SEL}, model_name=~"$model_group"'
+    hits = _rate("vllm:prefix_cache_hits_total", vllm, "instance")
+    queries = _rate("vllm:prefix_cache_queries_total", vllm, "instance")
+    lay.panel(
+        "Server prefix-cache hit rate per replica (vLLM)",
+        [(f"{hits} / {queries}", "{{instance}}")],
+        "percentunit",
+        "The group's servers' own count (vllm:prefix_cache_hits / queries), when they are "
+        "scraped; model_name is the group's model.",
+    )
 
 
 def kafka_row(lay: Layout) -> None:
@@ -437,6 +550,8 @@ def dashboard() -> dict[str, Any]:
     red_row(lay)
     stage_rows(lay)
     llm_row(lay)
+    servers_row(lay)
+    model_group_rows(lay)
     kafka_row(lay)
     process_row(lay)
     return {
@@ -477,6 +592,11 @@ def dashboard() -> dict[str, Any]:
                     "model",
                     "Model",
                     'label_values(streamsynth_llm_requests_total{job=~"$job"}, model)',
+                ),
+                _query_var(
+                    "model_group",
+                    "Model group",
+                    'label_values(streamsynth_llm_endpoint_group{job=~"$job"}, model_group)',
                 ),
             ]
         },

@@ -59,7 +59,8 @@ re-sent attempt then queues for a slot under the limit that was just cut.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import heapq
+import itertools
 import math
 import statistics
 import time
@@ -165,7 +166,8 @@ class AdaptiveLimiter:
     """An asyncio semaphore whose size the control law above moves within
     ``[min_limit, max_limit]``.
 
-    Waiters are served first come, first served. Not thread-safe: one event loop.
+    Waiters are served lowest priority first, first come first served among equals.
+    Not thread-safe: one event loop.
     """
 
     def __init__(
@@ -206,7 +208,10 @@ class AdaptiveLimiter:
         self._observer = observer
         self._clock = clock
         self._inflight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # -- priority waiters (helper I, issue #17): a heap by (priority, arrival), so the
+        # next free slot goes to the lowest priority value, first come first served within one.
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
         start = max_limit
         if adaptive:
             start = initial_limit if initial_limit is not None else min(max_limit, 32)
@@ -244,7 +249,7 @@ class AdaptiveLimiter:
 
     @property
     def waiting(self) -> int:
-        # Granted waiters are popped and cancelled ones removed, so the deque is exact.
+        # Granted waiters are popped and cancelled ones removed, so the heap is exact.
         return len(self._waiters)
 
     def load(self) -> float:
@@ -273,16 +278,18 @@ class AdaptiveLimiter:
             return True
         return False
 
-    async def acquire(self) -> float:
+    async def acquire(self, priority: int = 0) -> float:
         """Take a slot, queueing if needed; returns the clock time it was granted.
 
-        Pass that time back to :meth:`on_success` / :meth:`on_overload`. Bound the
-        wait with ``asyncio.timeout`` around the call.
+        Queued requests get freed slots lowest ``priority`` first (first come, first
+        served among equals). Pass the returned time back to :meth:`on_success` /
+        :meth:`on_overload`. Bound the wait with ``asyncio.timeout`` around the call.
         """
         if self.try_acquire():
             return self._clock()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        heapq.heappush(self._waiters, (priority, next(self._arrivals), waiter))
+        queued = self._clock()
         try:
             await waiter
         except BaseException:
@@ -293,11 +300,18 @@ class AdaptiveLimiter:
                 # Never granted: drop the future now, or waiting/load() would count it.
                 self._discard(waiter)
             raise
-        return self._clock()
+        granted = self._clock()
+        self._observer.on_slot_wait(endpoint=self.endpoint, seconds=granted - queued)
+        return granted
 
     def _discard(self, waiter: asyncio.Future[None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
+        # Rare (a cancelled or timed-out waiter): a linear removal and re-heapify is fine.
+        for i, entry in enumerate(self._waiters):
+            if entry[2] is waiter:
+                self._waiters[i] = self._waiters[-1]
+                self._waiters.pop()
+                heapq.heapify(self._waiters)
+                return
 
     def _take(self) -> None:
         self._inflight += 1
@@ -316,7 +330,7 @@ class AdaptiveLimiter:
 
     def _wake(self) -> None:
         while self._waiters and self._inflight < self._limit:
-            waiter = self._waiters.popleft()
+            waiter = heapq.heappop(self._waiters)[2]
             if not waiter.done():
                 self._take()
                 waiter.set_result(None)

@@ -37,6 +37,9 @@ class LLMObserver:
     def on_concurrency_limit(self, *, endpoint: str, limit: int) -> None:
         """The endpoint's (adaptive) concurrency limit changed."""
 
+    def on_slot_wait(self, *, endpoint: str, seconds: float) -> None:
+        """A request found every slot of ``endpoint`` taken and queued this long for one."""
+
     def on_cache(self, *, stage: str, model: str, hit: bool) -> None:
         """A cache lookup hit or missed."""
 
@@ -59,6 +62,17 @@ class LLMObserver:
         self, *, endpoint: str, requests: float | None, tokens: float | None
     ) -> None:
         """Remaining budget as the server reports it in ``x-ratelimit-remaining-*``."""
+
+    # -- model groups (llm/groups.py, llm/pool.py) -------------------------------------------
+    def on_endpoint_group(self, *, endpoint: str, model_group: str) -> None:
+        """``endpoint`` is a replica of ``model_group`` (once per endpoint, at build)."""
+
+    def on_route(self, *, model_group: str, endpoint: str, route: str) -> None:
+        """An attempt was routed to ``endpoint``: ``route`` is "home" (the stage's own
+        replica), "spill" (home full) or "least_loaded" (no affinity)."""
+
+    def on_queue_wait(self, *, stage: str, model_group: str, seconds: float) -> None:
+        """An attempt waited this long in the client (rate budget, slot, global bound)."""
 
 
 NULL_OBSERVER = LLMObserver()

@@ -30,6 +30,8 @@ OTEL_TOKEN_BUCKETS = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )  # fmt: skip
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+#: Client-side waits for a slot: most are 0 or milliseconds; a saturated group's, seconds.
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
@@ -77,6 +79,12 @@ class Metrics:
             "streamsynth_llm_concurrency_limit", "Current (adaptive) concurrency limit.",
             ["endpoint"], registry=r,
         )  # fmt: skip
+        self.llm_slot_wait = Histogram(
+            "streamsynth_llm_slot_wait_seconds",
+            "Time a request queued for a concurrency slot (requests that found none free).",
+            ["endpoint"], registry=r,
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )  # fmt: skip
         self.llm_cache_hits = Counter(
             "streamsynth_llm_cache_hits", "Requests answered from the response cache.",
             ["stage", "model"], registry=r,
@@ -116,6 +124,30 @@ class Metrics:
             "streamsynth_llm_ratelimit_remaining_tokens",
             "Tokens left in the window, as reported by x-ratelimit-remaining-tokens.",
             ["endpoint"], registry=r,
+        )  # fmt: skip
+        # -- model groups and routing (issue #17) ---------------------------------------
+        self.llm_endpoint_group = Gauge(
+            "streamsynth_llm_endpoint_group",
+            "1 for each endpoint, labelled with its model group (join on endpoint).",
+            ["endpoint", "model_group"], registry=r,
+        )  # fmt: skip
+        self.llm_routed = Counter(
+            "streamsynth_llm_routed",
+            "Attempts routed, by replica and route (home: the stage's own replica; spill: "
+            "home was full; least_loaded: no affinity).",
+            ["model_group", "endpoint", "route"], registry=r,
+        )  # fmt: skip
+        self.llm_queue_wait = Histogram(
+            "streamsynth_llm_queue_wait_seconds",
+            "Time an attempt waited in the client (rate budget, concurrency slot, global "
+            "bound) before it was sent.",
+            ["model_group", "stage"], buckets=QUEUE_WAIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.llm_endpoint_prompt_tokens = Counter(
+            "streamsynth_llm_endpoint_prompt_tokens",
+            "Prompt tokens per endpoint, cached=true for those the server's prefix cache "
+            "served (usage.prompt_tokens_details.cached_tokens; only servers that report it).",
+            ["endpoint", "cached"], registry=r,
         )  # fmt: skip
 
         # -- records and stages ---------------------------------------------------------
@@ -227,6 +259,10 @@ class PrometheusLLMObserver(LLMObserver):
         for kind, value in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
             m.gen_ai_tokens.labels("chat", m.provider, kind, model, stage).observe(value)
             m.llm_tokens.labels(stage, model, kind).inc(value)
+        if usage.cached_tokens is not None and endpoint is not None:
+            cached = min(usage.cached_tokens, usage.prompt_tokens)
+            m.llm_endpoint_prompt_tokens.labels(endpoint, "true").inc(cached)
+            m.llm_endpoint_prompt_tokens.labels(endpoint, "false").inc(usage.prompt_tokens - cached)
 
     def on_attempt(self, *, stage: str, model: str, endpoint: str, status: str) -> None:
         self.m.llm_requests.labels(stage, model, status).inc()
@@ -239,6 +275,10 @@ class PrometheusLLMObserver(LLMObserver):
 
     def on_concurrency_limit(self, *, endpoint: str, limit: int) -> None:
         self.m.llm_concurrency_limit.labels(endpoint).set(limit)
+        self.m.llm_slot_wait.labels(endpoint)  # the series exists before the first queue
+
+    def on_slot_wait(self, *, endpoint: str, seconds: float) -> None:
+        self.m.llm_slot_wait.labels(endpoint).observe(seconds)
 
     def on_cache(self, *, stage: str, model: str, hit: bool) -> None:
         (self.m.llm_cache_hits if hit else self.m.llm_cache_misses).labels(stage, model).inc()
@@ -257,6 +297,15 @@ class PrometheusLLMObserver(LLMObserver):
 
     def on_circuit(self, *, endpoint: str, open: bool) -> None:
         self.m.llm_circuit_open.labels(endpoint).set(1 if open else 0)
+
+    def on_endpoint_group(self, *, endpoint: str, model_group: str) -> None:
+        self.m.llm_endpoint_group.labels(endpoint, model_group).set(1)
+
+    def on_route(self, *, model_group: str, endpoint: str, route: str) -> None:
+        self.m.llm_routed.labels(model_group, endpoint, route).inc()
+
+    def on_queue_wait(self, *, stage: str, model_group: str, seconds: float) -> None:
+        self.m.llm_queue_wait.labels(model_group, stage).observe(seconds)
 
     def on_rate_limit_remaining(
         self, *, endpoint: str, requests: float | None, tokens: float | None

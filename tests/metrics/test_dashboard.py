@@ -21,6 +21,17 @@ from promql_helpers import (
     substitute,
 )
 
+from streamsynth.local.serving import Replica, ServingConfig, render_metrics
+
+
+def _vllm_names() -> set[str]:
+    """The series names our simulator's serving mode exports, named as vLLM names them."""
+    text = render_metrics([Replica(ServingConfig())], "m")
+    return {line.split("{")[0] for line in text.splitlines() if not line.startswith("#")}
+
+
+VLLM_METRICS = _vllm_names()
+
 
 def test_json_matches_generator() -> None:
     spec = importlib.util.spec_from_file_location("dash_gen", ROOT / "dashboards" / "generate.py")
@@ -32,9 +43,9 @@ def test_json_matches_generator() -> None:
 
 def test_variables() -> None:
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
-    assert set(variables) == {"datasource", "job", "instance", "stage", "model"}
+    assert set(variables) == {"datasource", "job", "instance", "stage", "model", "model_group"}
     assert variables["datasource"]["type"] == "datasource"
-    for name in ("job", "instance", "stage", "model"):
+    for name in ("job", "instance", "stage", "model", "model_group"):
         assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
 
 
@@ -42,14 +53,17 @@ def test_rows_and_required_panels() -> None:
     dash = load_dashboard()
     rows = [p["title"] for p in dash["panels"] if p["type"] == "row"]
     assert rows == [
-        "Throughput and errors per stage (RED)", "Stage $stage", "LLM", "Kafka", "Process",
+        "Throughput and errors per stage (RED)", "Stage $stage", "LLM",
+        "Servers (vLLM /metrics)", "Model group $model_group", "Kafka", "Process",
     ]  # fmt: skip
     titles = " | ".join(p["title"] for p in panels(dash)).lower()
     required = (
         "p50 / p95 / p99, tokens / s, 429, concurrency limit, cache hit, cost per hour, "
         "consumer lag, lag trend, commits, rebalances, paused, dlq, cpu, resident memory, "
         "event-loop lag, error ratio, invalid structured outputs, context-length rejections, "
-        "truncated answers, response cache entries and evictions"
+        "truncated answers, response cache entries and evictions, queue wait for a "
+        "concurrency slot, server requests running / waiting, server prefix-cache hit rate, "
+        "server generation tokens / s"
     )
     for needle in required.split(", "):
         assert needle in titles, needle
@@ -57,8 +71,7 @@ def test_rows_and_required_panels() -> None:
 
 def test_a_row_per_stage_shows_produced_skipped_filtered_dlq() -> None:
     dash = load_dashboard()
-    [row] = [p for p in dash["panels"] if p["type"] == "row" and p.get("repeat")]
-    assert row["repeat"] == "stage"
+    [row] = [p for p in dash["panels"] if p["type"] == "row" and p.get("repeat") == "stage"]
     start = dash["panels"].index(row)
     end = next(
         i for i, p in enumerate(dash["panels"][start + 1 :], start + 1) if p["type"] == "row"
@@ -71,7 +84,7 @@ def test_a_row_per_stage_shows_produced_skipped_filtered_dlq() -> None:
 
 
 def test_every_query_uses_exported_metrics_and_the_variables() -> None:
-    exported = exported_names() | {"up"}
+    exported = exported_names() | {"up"} | VLLM_METRICS
     for where, expr in panel_exprs(load_dashboard()):
         assert not metric_names(expr) - exported, f"{where}: {metric_names(expr) - exported}"
         assert '{job=~"$job", instance=~"$instance"' in expr, where
@@ -122,3 +135,30 @@ def test_type_check_catches_a_broken_dashboard(grafana_tsc: Path) -> None:
     out = result.stdout + result.stderr
     assert "'\"definitely_not_a_field\"' does not exist in type 'VariableModel'" in out
     assert "Type 'string' is not assignable to type 'number'" in out
+
+
+def _row_exprs(dash: dict[str, Any], repeat: str) -> str:
+    [row] = [p for p in dash["panels"] if p["type"] == "row" and p.get("repeat") == repeat]
+    start = dash["panels"].index(row)
+    end = next(
+        i for i, p in enumerate(dash["panels"][start + 1 :], start + 1) if p["type"] == "row"
+    )
+    return " ".join(t["expr"] for p in dash["panels"][start + 1 : end] for t in p["targets"])
+
+
+def test_a_row_per_model_group_with_routing_queues_and_prefix_cache_per_replica() -> None:
+    dash = load_dashboard()
+    exprs = _row_exprs(dash, "model_group")
+    for metric in (
+        "streamsynth_llm_requests_total",
+        "streamsynth_llm_queue_wait_seconds_bucket",
+        "streamsynth_llm_routed_total",
+        "streamsynth_llm_endpoint_prompt_tokens_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:prefix_cache_queries_total",
+    ):
+        assert metric in exprs, metric
+    # Per-endpoint series are narrowed to the group through the endpoint -> group join.
+    assert exprs.count('streamsynth_llm_endpoint_group{job=~"$job", instance=~"$instance", '
+                       'model_group=~"$model_group"}') >= 3  # fmt: skip
+    assert 'model_name=~"$model_group"' in exprs

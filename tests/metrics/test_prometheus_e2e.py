@@ -25,7 +25,7 @@ import yaml
 from promql_helpers import ALERTS, alert_exprs, load_dashboard, panel_exprs, substitute
 
 from streamsynth.local.broker import EmbeddedBroker, create_topics, free_port
-from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
+from streamsynth.local.llm_simulator import ServingConfig, SimulatorConfig, SimulatorProcess
 from streamsynth.testing.harness import WorkerProcess, produce
 
 pytestmark = [
@@ -131,7 +131,7 @@ def _worker_config(bootstrap: str, llm_url: str, metrics_port: int) -> dict[str,
     }
 
 
-def _prometheus_config(metrics_port: int) -> dict[str, Any]:
+def _prometheus_config(metrics_port: int, llm_target: str) -> dict[str, Any]:
     return {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
@@ -139,7 +139,9 @@ def _prometheus_config(metrics_port: int) -> dict[str, Any]:
             {
                 "job_name": "streamsynth",
                 "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
-            }
+            },
+            # The simulator in serving mode exports vLLM's metrics: the servers' panels.
+            {"job_name": "vllm", "static_configs": [{"targets": [llm_target]}]},
         ],
     }
 
@@ -185,9 +187,10 @@ def _sample_sum(metrics_text: str, name: str) -> float:
     return total
 
 
-def _start_prometheus(sc: Scenario, bindir: Path, metrics_port: int) -> None:
+def _start_prometheus(sc: Scenario, bindir: Path, metrics_port: int, llm_url: str) -> None:
     config = sc.tmp / "prometheus.yml"
-    config.write_text(yaml.safe_dump(_prometheus_config(metrics_port)))
+    llm_target = llm_url.removeprefix("http://").removesuffix("/v1")
+    config.write_text(yaml.safe_dump(_prometheus_config(metrics_port, llm_target)))
     port = free_port()
     log = (sc.tmp / "prometheus.log").open("wb")
     sc.procs.append(
@@ -261,15 +264,15 @@ def scenario(prometheus_bin: Path) -> Iterator[Scenario]:
     with tempfile.TemporaryDirectory(prefix="metrics-e2e-") as tmp:
         sc = Scenario(Path(tmp))
         broker = EmbeddedBroker()
-        sim = SimulatorProcess(
-            SimulatorConfig(models=[MODEL], latency=LatencyModel(kind="fixed", fixed_s=0.02))
-        )
+        # Serving mode (fast steps), so that the servers' panels have series too.
+        serving = ServingConfig(decode_base_s=0.0002, decode_per_seq_s=0.0)
+        sim = SimulatorProcess(SimulatorConfig(models=[MODEL], serving=serving))
         try:
             bootstrap = broker.start()
             llm_url = sim.start()
             asyncio.run(_produce(bootstrap, _workload()))
             metrics_port = free_port()
-            _start_prometheus(sc, prometheus_bin, metrics_port)
+            _start_prometheus(sc, prometheus_bin, metrics_port, llm_url)
             _start_worker(sc, bootstrap, llm_url, metrics_port)
             _wait("the worker to finish the workload", lambda: _all_done(sc), 60)
             _wait("Prometheus to scrape the final values", lambda: _prometheus_caught_up(sc), 30)
