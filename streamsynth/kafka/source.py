@@ -80,6 +80,11 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
         "rebalance_timeout_ms": rebalance_ms,
         "fetch_max_bytes": kafka.fetch_max_bytes,
         "max_partition_fetch_bytes": min(kafka.fetch_max_bytes, partition_fetch),
+        # exactly_once: never process a record of an aborted or still open transaction
+        # (an upstream exactly-once worker's outputs used as this worker's input).
+        "isolation_level": (
+            "read_committed" if kafka.processing_guarantee == "exactly_once" else "read_uncommitted"
+        ),
     }
 
 

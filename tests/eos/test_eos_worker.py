@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from eos_helpers import CommittedReader, wait_until
 
+from streamsynth.kafka.connection import KafkaConnection
 from streamsynth.local.llm_simulator import SimulatorProcess
 from streamsynth.testing.harness import (
     Topics,
@@ -132,6 +133,20 @@ async def test_kill_9_ten_times_over_20000_documents(
     print(f"{mode}: {kills} kills over {n} documents, {duplicates} duplicates")
 
 
+async def _produce_aborted(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = KafkaConnection(bootstrap_servers=bootstrap).producer(
+        transactional_id=f"upstream-{topic}"
+    )
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+
 # -- SIGTERM ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 async def test_sigterm_mid_stream_loses_and_duplicates_nothing(
@@ -141,6 +156,9 @@ async def test_sigterm_mid_stream_loses_and_duplicates_nothing(
     topics = Topics.make(["summary"])
     await topics.create(txn_bootstrap)
     await produce(txn_bootstrap, topics.input, [doc(i) for i in range(n)])
+    if mode == "exactly_once":
+        # An upstream transaction that aborted: an exactly-once worker never processes it.
+        await _produce_aborted(txn_bootstrap, topics.input, [doc(i) for i in range(n, n + 20)])
     cfg = _config(txn_bootstrap, topics, eos_sim, mode)
     shutdown_s = cfg["worker"]["shutdown_timeout_s"]
     async with CommittedReader(txn_bootstrap, _everything(topics)) as reader:

@@ -21,6 +21,7 @@ from streamsynth.config import ConfigError, Settings, settings_from_dict
 from streamsynth.kafka.admin import committed_offsets, create_topics
 from streamsynth.kafka.connection import KafkaConnection
 from streamsynth.kafka.sink import OutMessage
+from streamsynth.kafka.source import consumer_options
 from streamsynth.kafka.transactions import (
     TransactionalSink,
     TransactionsUnsupportedError,
@@ -230,6 +231,12 @@ def test_settings_checks_name_the_field() -> None:
     assert _settings("127.0.0.1:1", "g").kafka.processing_guarantee == "exactly_once"
     with pytest.raises(ConfigError, match="processing_guarantee"):
         _settings("127.0.0.1:1", "g", processing_guarantee="exactly-once")
+
+
+def test_an_exactly_once_worker_reads_its_input_read_committed() -> None:
+    assert consumer_options(_settings("127.0.0.1:1", "g"))["isolation_level"] == "read_committed"
+    alo = _settings("127.0.0.1:1", "g", processing_guarantee="at_least_once")
+    assert consumer_options(alo)["isolation_level"] == "read_uncommitted"
 
 
 def test_transactional_ids_are_per_input_partition() -> None:
