@@ -2,7 +2,8 @@
 
 Modules: ``runtime`` (the process: signals, metrics server, exit codes),
 ``worker`` (the flow, rebalances, shutdown), ``inflight`` (partition states and
-the bounded in-flight window), ``routing`` (outcomes -> messages to publish),
+the bounded in-flight window), ``processing`` (a record through its stages),
+``routing`` (outcomes -> messages to publish),
 ``offsets`` (commit tracking), ``records`` (decode/validate/build), ``dlq``
 (dead-letter headers), ``source`` (consumer), ``sink`` (producer),
 ``connection`` (every aiokafka client is built there), ``admin`` (topics,

@@ -187,6 +187,30 @@ class InflightWindow:
         if self.count <= self.resume_at:
             self.room.set()
 
+    def hold(self, job: Job) -> None:
+        """The record is done, but its slot stays taken until :meth:`release`.
+
+        For a mode whose messages wait for a later transaction: the offset may be
+        committed with them, while the window still counts the record (bounded memory).
+        Caller: the exactly-once worker. Affects: as :meth:`finish`, but not count or room.
+        """
+        job.finished = True
+        part = job.part
+        part.jobs.discard(job)
+        if not part.closed:
+            part.tracker.done(job.msg.offset)
+        if not part.jobs:
+            part.idle.set()
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` slots kept by :meth:`hold`.
+
+        Caller: as :meth:`hold`, once the transaction resolved. Affects: count, room.
+        """
+        self.count -= n
+        if self.count <= self.resume_at:
+            self.room.set()
+
     def _abandon(self, part: PartitionState) -> int:
         jobs = list(part.jobs)
         for job in jobs:

@@ -2,16 +2,14 @@
 
 The consume loop fetches micro-batches and starts one task per record (no batch
 barrier: a slow LLM request holds back only its own record), within the bounded
-window of :mod:`~streamsynth.kafka.inflight`. A record runs all stages
-concurrently; :mod:`~streamsynth.kafka.routing` turns the outcomes into outputs,
-filtered copies or dead letters. With ``when:``/``input_from:`` keys the stages form
-a graph (:mod:`streamsynth.engine.graph`): a stage runs only on the rows its
-conditions select, a chained stage on each output row of its upstream, as soon as
-that upstream is done. The record is *finished* when every stage has finished every
-row it received and the broker has acknowledged all their messages; only then is
-its offset marked done. A commit loop
-commits each partition's contiguous finished prefix on an interval, on revoke and
-at shutdown, so the committed offset never passes an unfinished record.
+window of :mod:`~streamsynth.kafka.inflight`. A record runs through its stages
+(all at once, or as a stage graph; :mod:`~streamsynth.kafka.processing`) and
+:mod:`~streamsynth.kafka.routing` turns the outcomes into outputs, filtered copies
+or dead letters. The record is *finished* when every stage has finished every row
+it received and the broker has acknowledged all their messages; only then is its
+offset marked done. A commit loop commits each partition's contiguous finished
+prefix on an interval, on revoke and at shutdown, so the committed offset never
+passes an unfinished record.
 
 Rebalance: a revoked partition is paused, its in-flight records get
 ``drain_timeout_s`` to finish, its finished prefix is committed, and what is left
@@ -28,7 +26,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -36,59 +34,26 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streamsynth.config import ConfigError, Settings
-from streamsynth.engine.graph import StageGraph, evaluate
-from streamsynth.engine.stage import RecordOutcome, RecordStage
+from streamsynth.config import Settings
 from streamsynth.kafka.dlq import Failure
 from streamsynth.kafka.inflight import InflightWindow, Job, PartitionState, drained
+from streamsynth.kafka.processing import StageRunner, StageSpec, coords, log_failure, stage_specs
 from streamsynth.kafka.records import BadRecord, decode_value
 from streamsynth.kafka.routing import WORKER_STAGE, Publication, Routed, Router, without_value
 from streamsynth.kafka.sink import Sink, SinkClosedError
 from streamsynth.kafka.source import Source
 from streamsynth.llm.client import AsyncLLMClient, LLMClient
 from streamsynth.llm.factory import build_llm_client
-from streamsynth.logging import record_fields
 from streamsynth.metrics.health import HealthState
 from streamsynth.metrics.registry import Metrics
-from streamsynth.stages.factory import BuiltStage, build_stages
+from streamsynth.stages.factory import build_stages
 
 log = logging.getLogger("streamsynth.kafka.worker")
 
+__all__ = ["StageSpec", "Worker", "stage_specs"]  # StageSpec, stage_specs: kafka.processing
+
 #: Tasks can start eagerly (run up to their first suspension at creation) from 3.12.
 _EAGER = sys.version_info >= (3, 12)
-
-
-@dataclass(slots=True)
-class StageSpec:
-    """A configured stage with its output topic and pre-bound metric children."""
-
-    name: str
-    stage: RecordStage
-    topic: str
-    segmented: bool = False
-    #: Enters its outputs' ids (set at start from the stage).
-    prompt_sha256: str | None = None
-    # Bound by the worker at start (prometheus children are cached per label set).
-    produced: Any = None
-    e2e: Any = None
-    duration: Any = None
-    skipped: Any = None
-
-
-def stage_specs(built: Sequence[BuiltStage]) -> list[StageSpec]:
-    """The worker's view of the configured stages: each with its output topic."""
-    return [StageSpec(b.name, b.stage, b.config.output_topic, b.segmented) for b in built]
-
-
-def _graph_for(settings: Settings, specs: Sequence[StageSpec]) -> StageGraph | None:
-    """The configured stage graph, or None when it is flat (every stage on every record)."""
-    graph = settings.stage_graph()
-    if graph.is_flat():
-        return None
-    missing = sorted(set(graph.nodes) - {s.name for s in specs})
-    if missing:
-        raise ConfigError(f"stages: the graph names stages that were not built: {missing}")
-    return graph
 
 
 @dataclass(slots=True)
@@ -97,12 +62,15 @@ class _Running:
 
     source: Source
     sink: Sink
-    stages: list[StageSpec]
-    by_name: dict[str, StageSpec]
-    #: The only stage, when there is one (skips the gather).
-    single: StageSpec | None
-    #: The routing/chaining graph; None when every stage runs on every record.
-    graph: StageGraph | None = None
+    runner: StageRunner
+
+    @property
+    def stages(self) -> list[StageSpec]:
+        return self.runner.stages
+
+    @property
+    def by_name(self) -> dict[str, StageSpec]:
+        return self.runner.by_name
 
 
 class Worker:
@@ -180,14 +148,9 @@ class Worker:
                     self.settings.llm, observer=self.metrics.llm_observer()
                 )
             specs = stage_specs(build_stages(self.settings, self.client))
-        for spec in specs:
-            spec.produced = self.metrics.records_produced.labels(spec.name, spec.topic)
-            spec.e2e = self.metrics.record_e2e_latency.labels(spec.name)
-            spec.duration = self.metrics.stage_duration.labels(spec.name)
-            spec.skipped = self.metrics.records_skipped.labels(spec.name)
-            spec.prompt_sha256 = spec.stage.prompt_sha256()
-            await spec.stage.asetup()
-        graph = _graph_for(self.settings, specs)
+        runner = await StageRunner.start(
+            self.settings, specs, self.router, self.metrics, self.health
+        )
         sink = Sink(self.settings)
         await sink.start()
         source = Source(self.settings, self)
@@ -196,8 +159,7 @@ class Worker:
         except BaseException:
             await sink.stop()
             raise
-        single = specs[0] if len(specs) == 1 and graph is None else None
-        self._run = _Running(source, sink, specs, {s.name: s for s in specs}, single, graph)
+        self._run = _Running(source, sink, runner)
         self.health.mark_started()
         log.info(
             "worker started",
@@ -284,55 +246,17 @@ class Worker:
             if isinstance(doc, BadRecord):
                 routed = self.router.failed(msg, Failure.from_bad_record(doc))
             else:
-                routed = await self._process(msg, doc)
-            self._account(job, routed)
+                routed = await self.running.runner.process(msg, doc)
+            self.running.runner.account(msg, routed)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug here must not lose the record: dead-letter it
-            log.exception("record failed in the worker", extra=_coords(msg, WORKER_STAGE))
+            log.exception("record failed in the worker", extra=coords(msg, WORKER_STAGE))
             failure = Failure.from_exception(exc, stage=WORKER_STAGE)
             routed = Routed([self.router.dead_letter(msg, failure)])
         # Shutting down: the record stays unfinished, so it is redelivered.
         with contextlib.suppress(SinkClosedError):
             self._publish(job, routed.publications)
-
-    async def _process(self, msg: ConsumerRecord[bytes, bytes], doc: dict[str, Any]) -> Routed:
-        run = self.running
-        if run.graph is not None:
-            runs = await evaluate(run.graph, doc, self._run_named)
-            return self.router.route_graph(msg, doc, runs, run.by_name)
-        if run.single is not None:
-            outcomes: list[RecordOutcome] = [await self._run_stage(run.single, doc)]
-        else:
-            outcomes = list(await asyncio.gather(*(self._run_stage(s, doc) for s in run.stages)))
-        return self.router.route(msg, doc, run.stages, outcomes)
-
-    async def _run_named(self, name: str, row: Mapping[str, Any]) -> RecordOutcome:
-        return await self._run_stage(self.running.by_name[name], row)
-
-    async def _run_stage(self, spec: StageSpec, doc: Mapping[str, Any]) -> RecordOutcome:
-        start = time.perf_counter()
-        try:
-            outcome = await spec.stage.aprocess_record(doc)
-        except Exception as exc:  # the contract says it never raises; a bug must not sink us
-            outcome = RecordOutcome(error=exc)
-        spec.duration.observe(time.perf_counter() - start)
-        return outcome
-
-    def _account(self, job: Job, routed: Routed) -> None:
-        """Count and log what routing decided (routing itself neither counts nor logs)."""
-        for failure in routed.failures:
-            _log_failure(job.msg, failure)
-        if routed.llm_answered and not self.health.llm_ok:
-            self.health.mark_llm_ok()
-        for stage, reason in routed.filtered:
-            self.metrics.records_filtered.labels(stage, reason).inc()
-        for stage, answers in routed.truncated:
-            self.metrics.answers_truncated.labels(stage).inc(answers)
-        if routed.skipped:
-            by_name = self.running.by_name
-            for stage in routed.skipped:
-                by_name[stage].skipped.inc()
 
     # -- publishing and acknowledgements ----------------------------------------------
     def _publish(self, job: Job, pubs: list[Publication]) -> None:
@@ -369,11 +293,11 @@ class Worker:
             # say the value was left out, and let the record finish.
             replacement = without_value(pub)
         elif pub.kind == "dlq":
-            log.error("the DLQ refuses even an empty value", extra=_coords(job.msg, pub.stage))
+            log.error("the DLQ refuses even an empty value", extra=coords(job.msg, pub.stage))
             return  # unfinished: never committed; an operator must fix the broker limits
         else:
             failure = Failure.from_exception(exc, stage=pub.stage)
-            _log_failure(job.msg, failure)
+            log_failure(job.msg, failure)
             replacement = self.router.dead_letter(job.msg, failure)
         with contextlib.suppress(SinkClosedError):
             self.running.sink.submit(replacement.out, partial(self._on_ack, job, replacement))
@@ -472,9 +396,7 @@ class Worker:
                 with contextlib.suppress(KafkaError):
                     await run.source.stop()
                 await run.sink.stop()
-                for spec in run.stages:
-                    with contextlib.suppress(Exception):
-                        await spec.stage.ateardown()
+                await run.runner.teardown()
             await self._close_client()
         log.info("worker stopped")
 
@@ -484,23 +406,6 @@ class Worker:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-
-
-# -- logging ------------------------------------------------------------------------------
-def _coords(msg: ConsumerRecord[bytes, bytes], stage: str, **more: Any) -> dict[str, Any]:
-    return record_fields(msg.topic, msg.partition, msg.offset, stage, **more)
-
-
-def _log_failure(msg: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
-    # Never the record text or the full message: the class and reason say enough.
-    extra = _coords(
-        msg,
-        failure.stage,
-        error_class=failure.error_class,
-        reason=failure.reason,
-        attempts=failure.attempts,
-    )
-    log.warning("record dead-lettered", extra=extra)
 
 
 def _names(tps: Iterable[TopicPartition]) -> list[str]:

@@ -89,3 +89,16 @@ async def test_release_drains_then_closes_and_cancels_the_rest() -> None:
     assert TP0 not in window.parts and window.count == 0
     assert part.to_commit() is None  # closed: nothing more is committed for it
     assert await drained([window.parts[TP1]], 0.05)
+
+
+async def test_a_held_record_is_done_but_keeps_its_slot_until_released() -> None:
+    window = InflightWindow(max_inflight=2, resume_fraction=0.5)
+    window.assign({TP0})
+    a, b = _admit(window, TP0, 0, 1)
+    window.hold(a)
+    window.hold(b)
+    part = window.parts[TP0]
+    assert a.finished and part.idle.is_set() and part.to_commit() == 2
+    assert window.count == 2 and not window.room.is_set()  # still counted: memory bound
+    window.release(1)
+    assert window.count == 1 and window.room.is_set()
