@@ -181,7 +181,11 @@ async def watch_worker(
             if not worker.alive():
                 raise CliError(f"the worker stopped early: {worker.log_tail(600)}", RUNTIME)
             last = await asyncio.to_thread(_sample, port, watch)
-            bar.update(task, completed=watch.done, description=watch.line()[10:])
+            bar.update(
+                task,
+                completed=watch.done,
+                description=f"{watch.tokens} tokens · {watch.inflight} in flight",
+            )
             if not tty and time.monotonic() - printed >= PROGRESS_EVERY_S:
                 console.print(watch.line())
                 printed = time.monotonic()
