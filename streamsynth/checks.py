@@ -20,6 +20,7 @@ from streamsynth.redact import is_secret_field, redact
 __all__ = [
     "check_bootstrap_servers",
     "check_prompt_template",
+    "check_sasl",
     "secret_values",
     "template_fields",
     "yaml_error_message",
@@ -90,6 +91,16 @@ def check_bootstrap_servers(value: str) -> None:
                 problem = f"entry {entry!r}: {exc}"
         if problem is not None:
             raise ValueError(problem)
+
+
+def check_sasl(
+    protocol: str, mechanism: str | None, username: str | None, *, has_password: bool
+) -> None:
+    """A SASL_* security protocol needs a mechanism, a user name and a password."""
+    if protocol.startswith("SASL") and not (mechanism and username and has_password):
+        raise ValueError(
+            "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
+        )
 
 
 def secret_values(data: Any, *, secret: bool = False) -> Iterator[str]:

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from streamsynth.checks import (
     check_bootstrap_servers,
     check_prompt_template,
+    check_sasl,
     secret_values,
     yaml_error_message,
 )
@@ -105,12 +106,12 @@ class KafkaSettings(_Section):
                 raise ValueError("filtered_topic: is an input topic (records would loop back)")
             if self.filtered_topic == self.dlq_topic:
                 raise ValueError("filtered_topic: must differ from dlq_topic")
-        if self.security_protocol.startswith("SASL") and (
-            not self.sasl_mechanism or not self.sasl_username or self.sasl_password is None
-        ):
-            raise ValueError(
-                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
-            )
+        check_sasl(  # the rule KafkaConnection applies
+            self.security_protocol,
+            self.sasl_mechanism,
+            self.sasl_username,
+            has_password=self.sasl_password is not None,
+        )
         return self
 
 

@@ -82,13 +82,10 @@ def kafka_target(config: Path | None, bootstrap: str | None, *, client_id: str) 
         overrides["bootstrap_servers"] = check_bootstrap(bootstrap)
     if config is not None:
         settings = load_settings(config)
-        conn = KafkaConnection.from_settings(settings.kafka, **overrides)
-        check_bootstrap(conn.bootstrap_servers)
-        return KafkaTarget(conn, settings)
+        return KafkaTarget(KafkaConnection.from_settings(settings.kafka, **overrides), settings)
     fields = _env_fields()
     fields.setdefault("bootstrap_servers", DEFAULT_BOOTSTRAP)
     fields.update(overrides)
-    check_bootstrap(fields["bootstrap_servers"])
     return KafkaTarget(_validated(fields))
 
 
@@ -121,10 +118,12 @@ def _validated(fields: dict[str, Any]) -> KafkaConnection:
 
 def check_bootstrap(value: str) -> str:
     """Reject an address aiokafka would only fail on later, with a worse message."""
-    for part in value.split(","):
-        host, sep, port = part.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise CliError(f"--bootstrap-servers: {part.strip()!r} is not host:port", USAGE)
+    from streamsynth.checks import check_bootstrap_servers
+
+    try:
+        check_bootstrap_servers(value)  # the rule config loading applies
+    except ValueError as exc:
+        raise CliError(f"--bootstrap-servers: {exc}", USAGE) from None
     return value
 
 

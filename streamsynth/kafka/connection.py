@@ -16,7 +16,9 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
+
+from streamsynth.checks import check_bootstrap_servers, check_sasl
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -44,14 +46,20 @@ class KafkaConnection(BaseModel):
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        check_bootstrap_servers(value)  # the rule config loading applies
+        return value
+
     @model_validator(mode="after")
     def _complete(self) -> KafkaConnection:
-        if self.security_protocol.startswith("SASL") and (
-            not self.sasl_mechanism or not self.sasl_username or self.sasl_password is None
-        ):
-            raise ValueError(
-                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
-            )
+        check_sasl(
+            self.security_protocol,
+            self.sasl_mechanism,
+            self.sasl_username,
+            has_password=self.sasl_password is not None,
+        )
         return self
 
     @classmethod

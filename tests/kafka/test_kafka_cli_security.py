@@ -117,3 +117,12 @@ def test_incomplete_sasl_environment_is_a_usage_error(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(app, ["consume", "t", "--timeout", "1"])
     assert result.exit_code == 2
     assert "sasl_mechanism, sasl_username and sasl_password" in result.output
+
+
+def test_a_bad_address_in_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMSYNTH_KAFKA__BOOTSTRAP_SERVERS", "kafka://b:9092")
+    result = CliRunner().invoke(app, ["consume", "t", "--timeout", "1"])
+    assert result.exit_code == 2
+    assert "STREAMSYNTH_KAFKA__BOOTSTRAP_SERVERS" in result.output

@@ -137,3 +137,16 @@ async def test_built_clients_carry_the_security_settings(tmp_path: Path) -> None
         await consumer.stop()
         await producer.stop()
         await admin.close()
+
+
+def test_connection_and_config_apply_the_same_rules() -> None:
+    bad = {"bootstrap_servers": "kafka://broker:9092"}
+    with pytest.raises(ValidationError) as conn_error:
+        KafkaConnection(**bad)
+    with pytest.raises(ValueError) as config_error:
+        settings(**bad)
+    rule = "must be host:port, without a scheme or user"
+    assert rule in str(conn_error.value) and rule in str(config_error.value)
+    sasl = {"bootstrap_servers": "127.0.0.1:1", "security_protocol": "SASL_SSL"}
+    with pytest.raises(ValueError, match="sasl_mechanism, sasl_username and sasl_password"):
+        settings(**sasl)
