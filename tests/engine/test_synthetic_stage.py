@@ -23,8 +23,8 @@ from streamsynth.llm import (
     OpenAIClient,
 )
 from streamsynth.llm.client import AsyncLLMClient
-from streamsynth.stages.synthetic import SyntheticStage
 from streamsynth.local.llm_simulator import LLMSimulator, SimulatorProcess
+from streamsynth.stages.synthetic import SyntheticStage
 
 PROMPT = "Rewrite the following text in plain words.\n\nText: {document}"
 
