@@ -11,7 +11,7 @@ The limit ``L`` is decided once per *window*: a window opens whenever ``L``
 changes, and only attempts that *started* inside it count towards it (a request
 sent under the old limit says nothing about the new one). It closes once
 ``window_samples(L)`` of its attempts have finished (about one round trip's worth:
-``max(8, min(L, 256))``). From the window the controller reads the median latency
+``max(32, L)``). From the window the controller reads the median latency
 of its successful attempts and its overload fraction ``f`` (429, 503 and timeouts
 over finished attempts).
 
@@ -22,12 +22,13 @@ over finished attempts).
    tells what the extra slots bought. A batching server gets slower per request as
    its batch grows (``e`` well below 1) but its throughput ``L/m`` still rises;
    once the server *queues*, latency grows in proportion to ``L`` (``e`` near 1)
-   and throughput is flat. So ``e >= knee_elasticity`` (0.8) means "past the
-   knee": ``L`` goes back to ``L0``, holds there for ``hold_windows`` windows, then
-   probes ``probe_step`` (10 %) higher again. The limit therefore settles at the
-   knee, within one probe step above it. If latency at an unchanged limit rises
-   by ``latency_tolerance`` (50 %) over what it was when that limit was accepted
-   (the server slowed, another client arrived), ``L`` is cut by 10 % and re-probed.
+   and throughput is flat. So ``e >= knee_elasticity`` (0.8), with a rise beyond
+   twice the medians' standard errors, means "past the knee": ``L`` goes back to
+   ``L0``, holds there for ``hold_windows`` windows, then probes ``probe_step``
+   (10 %) higher again. The limit therefore settles at the knee, within one probe
+   step above it. If latency at an unchanged limit rises by ``latency_tolerance``
+   (50 %) over what it was when that limit was accepted (the server slowed,
+   another client arrived), ``L`` is cut by 10 % and re-probed.
    Comparing against a plain "unloaded baseline" would not do: a batching
    server's latency rises long before its queue does. A window in which fewer
    than 90 % of the slots were ever used does not probe upward (no evidence).
@@ -128,6 +129,17 @@ class _Window:
     def median_latency(self) -> float | None:
         return statistics.median(self.latencies) if self.latencies else None
 
+    def latency_stats(self) -> tuple[float | None, float]:
+        """The median latency and its relative standard error (from the IQR)."""
+        data = self.latencies
+        if len(data) < 4:
+            return self.median_latency(), math.inf
+        q1, median, q3 = statistics.quantiles(data, n=4)
+        if median <= 0:
+            return median, math.inf
+        # SE of a median ~ 1.253 sigma / sqrt(n), sigma ~ IQR / 1.349 for a normal.
+        return median, 1.253 * (q3 - q1) / 1.349 / math.sqrt(len(data)) / median
+
 
 @dataclass
 class _Point:
@@ -135,6 +147,7 @@ class _Point:
 
     limit: int
     latency: float | None
+    spread: float = math.inf  # relative standard error of ``latency``
 
 
 @dataclass
@@ -500,11 +513,12 @@ class AdaptiveLimiter:
         return True
 
     def _decide(self, window: _Window) -> None:
-        latency = window.median_latency()
+        latency, spread = window.latency_stats()
         probe = self._probing_from
         self._probing_from = None
         if probe is not None:
-            if _queueing(probe.latency, latency, probe.limit, window.limit, self._knee_e):
+            after = _Point(window.limit, latency, spread)
+            if _queueing(probe, after, self._knee_e):
                 # Past the knee: the extra slots only queued. Go back and hold there.
                 self._knee = probe.limit
                 self._accepted = probe
@@ -524,7 +538,7 @@ class AdaptiveLimiter:
             self._holds = max(0, self._holds - 1)
             self._open_window()
             return
-        self._probe_up(window.limit, latency)
+        self._probe_up(_Point(window.limit, latency, spread))
 
     def _slowed_down(self, latency: float | None, limit: int) -> bool:
         ref = self._accepted
@@ -532,7 +546,8 @@ class AdaptiveLimiter:
             return False
         return latency > ref.latency * (1.0 + self._latency_tol)
 
-    def _probe_up(self, limit: int, latency: float | None) -> None:
+    def _probe_up(self, here: _Point) -> None:
+        limit = here.limit
         if self._phase is Phase.RAMP:
             target = limit * 2
         else:
@@ -551,7 +566,7 @@ class AdaptiveLimiter:
             self._phase = Phase.STEADY
             self._open_window()
             return
-        self._probing_from = _Point(limit, latency)
+        self._probing_from = here
         self._set(target)
 
     def _open_window(self, *, settled: bool = True) -> None:
@@ -575,8 +590,9 @@ class AdaptiveLimiter:
 
 
 def _window_samples(limit: int) -> int:
-    """Measured attempts a window needs: one round trip's worth, at least 8."""
-    return max(8, limit)
+    """Measured attempts a window needs: one round trip's worth, at least 32 (a
+    median of fewer is too noisy to compare)."""
+    return max(32, limit)
 
 
 def _matured(window: _Window, now: float, slowest: float) -> bool:
@@ -608,11 +624,13 @@ def _unchanged(before: _Window, after: _Window) -> bool:
     return s1 >= s0 - max(_SAME_SHARE * s0, 2.0 * error)
 
 
-def _queueing(
-    before: float | None, after: float | None, limit_before: int, limit_after: int, knee_e: float
-) -> bool:
-    """Did latency grow (nearly) in proportion to the limit? Then the server queues."""
-    if before is None or after is None or before <= 0 or limit_after <= limit_before:
+def _queueing(before: _Point, after: _Point, knee_e: float) -> bool:
+    """Did latency grow (nearly) in proportion to the limit, by more than the medians'
+    sampling error? Then the server queues."""
+    m0, m1 = before.latency, after.latency
+    if m0 is None or m1 is None or m0 <= 0 or after.limit <= before.limit:
         return False
-    elasticity = math.log(max(after, 1e-9) / before) / math.log(limit_after / limit_before)
-    return elasticity >= knee_e
+    rise = math.log(max(m1, 1e-9) / m0)
+    if rise <= 2.0 * (before.spread + after.spread):
+        return False  # within noise: no evidence of a queue
+    return rise / math.log(after.limit / before.limit) >= knee_e

@@ -236,7 +236,7 @@ async def test_sustained_429s_shrink_limit_open_breaker_then_recover(
                 max_attempts=4,
                 breaker_failures=30,
                 breaker_reset_s=0.2,
-                deadline_s=0.3,
+                deadline_s=1.0,
             ),
             observer=obs,
         )
