@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -143,13 +144,72 @@ class CacheSettings(_Section):
     max_entries: int = Field(default=1_000_000, ge=1)
 
 
+def _checked_urls(base_url: str | None, base_urls: list[str]) -> list[str]:
+    """``base_url`` and ``base_urls`` as one list (no trailing slash), each URL checked."""
+    urls = list(base_urls)
+    if base_url and base_url not in urls:
+        urls.insert(0, base_url)
+    for url in urls:
+        where = "base_url" if url == base_url else "base_urls"
+        if not url.startswith(("http://", "https://")):
+            # Quoted redacted: ftp://user:KEY@host must not bring KEY into the error.
+            raise ValueError(f"{where}: {redact(url)!r} must start with http:// or https://")
+        if "@" in url.split("//", 1)[1].split("/", 1)[0]:
+            # The URL becomes a metrics label and a log field: no credentials in it.
+            raise ValueError(f"{where}: a base url must not carry credentials; use api_key_env")
+    return [u.rstrip("/") for u in urls]
+
+
+class ModelGroupSettings(_Section):
+    """One entry of ``llm.models``: a model served by its own replicas, with its own
+    limits. Unset fields take the ``llm`` section's value."""
+
+    base_url: str | None = None
+    base_urls: list[str] = Field(default_factory=list)
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    max_concurrency: int | None = Field(default=None, ge=1)
+    min_concurrency: int | None = Field(default=None, ge=1)
+    adaptive_concurrency: bool | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    breaker_failures: int | None = Field(default=None, ge=1)
+    breaker_reset_s: float | None = Field(default=None, gt=0)
+    context_tokens: int | None = Field(default=None, ge=1)
+    #: Send each stage's ``priority`` as vLLM's body field (only for servers started with
+    #: ``--scheduling-policy priority``: the others reject a non-zero value).
+    send_priority: bool | None = None
+
+    @model_validator(mode="after")
+    def _urls(self) -> ModelGroupSettings:
+        self.base_urls = _checked_urls(self.base_url, self.base_urls)
+        if not self.base_urls:
+            raise ValueError("base_urls: a model group needs base_url or base_urls")
+        given = [self.api_key is not None, bool(self.api_key_env), self.api_key_file is not None]
+        if sum(given) > 1:
+            raise ValueError("set only one of api_key, api_key_env, api_key_file")
+        return self
+
+
 class LLMSettings(_Section):
     base_url: str | None = None
     base_urls: list[str] = Field(default_factory=list)
     api_key: SecretStr | None = None
     api_key_env: str | None = None
     api_key_file: Path | None = None
-    model: str
+    #: The model of stages that set none (with ``models``: a group name; default the first).
+    model: str = ""
+    #: Model groups by model name: each its own replicas, limits and breaker. A stage's
+    #: ``model`` picks its group. ``base_url(s)`` + ``model`` is the one-group shorthand.
+    models: dict[str, ModelGroupSettings] = Field(default_factory=dict)
+    #: prefix_affinity: a stage's requests go to one replica (its prompt prefix stays in
+    #: that replica's cache), spilling to the least loaded one when it is full.
+    routing: Literal["prefix_affinity", "least_loaded"] = "prefix_affinity"
+    #: Send each stage's priority in the body (vLLM ``--scheduling-policy priority``).
+    send_priority: bool = False
+    #: Attempts in flight over every group together (None: only the per-replica bounds).
+    global_max_concurrency: int | None = Field(default=None, ge=1)
     provider: str = "openai"
     transport: Literal["aiohttp", "openai"] = "aiohttp"
     max_concurrency: int = Field(default=256, ge=1)
@@ -180,34 +240,61 @@ class LLMSettings(_Section):
             raise ValueError("context_tokens must be >= 1")
         return value
 
+    _groups: dict[str, LLMSettings] = PrivateAttr(default_factory=dict)
+
     def context_for(self, model: str) -> int | None:
         """The context of ``model`` (None: no guard for it)."""
+        group = self.models.get(model)
+        if group is not None and group.context_tokens is not None:
+            return group.context_tokens
         if isinstance(self.context_tokens, dict):
             return self.context_tokens.get(model)
         return self.context_tokens
 
     @model_validator(mode="after")
     def _endpoints(self) -> LLMSettings:
-        urls = list(self.base_urls)
-        if self.base_url and self.base_url not in urls:
-            urls.insert(0, self.base_url)
-        if not urls:
-            raise ValueError("set base_url or base_urls")
-        for url in urls:
-            where = "base_url" if url == self.base_url else "base_urls"
-            if not url.startswith(("http://", "https://")):
-                # Quoted redacted: ftp://user:KEY@host must not bring KEY into the error.
-                raise ValueError(f"{where}: {redact(url)!r} must start with http:// or https://")
-            if "@" in url.split("//", 1)[1].split("/", 1)[0]:
-                # The URL becomes a metrics label and a log field: no credentials in it.
-                raise ValueError(f"{where}: a base url must not carry credentials; use api_key_env")
-        self.base_urls = [u.rstrip("/") for u in urls]
+        urls = _checked_urls(self.base_url, self.base_urls)
+        if not urls and not self.models:
+            raise ValueError("set base_url or base_urls (or llm.models)")
+        self._groups = self._resolve_groups(urls)
+        # Every replica of every group: what start-up probes and `config check` show.
+        self.base_urls = list(dict.fromkeys(u for g in self._groups.values() for u in g.base_urls))
         if self.min_concurrency > self.max_concurrency:
             raise ValueError("min_concurrency must not exceed max_concurrency")
         given = [self.api_key is not None, bool(self.api_key_env), self.api_key_file is not None]
         if sum(given) > 1:
             raise ValueError("set only one of api_key, api_key_env, api_key_file")
         return self
+
+    def _resolve_groups(self, urls: list[str]) -> dict[str, LLMSettings]:
+        """Each model group as a complete LLM section (the group's values over ours)."""
+        if urls:  # the shorthand: base_url(s) + model is one group
+            if not self.model:
+                raise ValueError("model: Field required")
+            if self.model in self.models:
+                raise ValueError("model: names an llm.models group, and base_url(s) are set too")
+        elif not self.model:
+            self.model = next(iter(self.models))
+        elif self.model not in self.models:
+            raise ValueError(f"model: {self.model!r} is none of the llm.models groups")
+        groups: dict[str, LLMSettings] = {}
+        if urls:
+            groups[self.model] = self.model_copy(update={"base_urls": urls, "models": {}})
+        for name, group in self.models.items():
+            given = group.model_dump(exclude_none=True, exclude={"base_url"})
+            if any(k in given for k in ("api_key", "api_key_env", "api_key_file")):
+                given.update(api_key=group.api_key, api_key_env=group.api_key_env)
+                given["api_key_file"] = group.api_key_file
+            groups[name] = self.model_copy(
+                update={**given, "model": name, "base_url": None, "models": {}}
+            )
+            if groups[name].min_concurrency > groups[name].max_concurrency:
+                raise ValueError(f"min_concurrency exceeds max_concurrency in group {name!r}")
+        return groups
+
+    def groups(self) -> dict[str, LLMSettings]:
+        """The model groups by model name, each as a complete LLM section of one group."""
+        return dict(self._groups)
 
     def resolve_api_key(self) -> str:
         """The key from whichever source is configured ("EMPTY" when none: local servers)."""
@@ -258,6 +345,8 @@ class StageSettings(_Section):
     system_prompt: str | None = None
     prompt: str | None = None
     model: str | None = None
+    #: Who gets the next free slot of the model group's bound: lower first.
+    priority: int = 0
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)
     tokenizer: str = "approx"
     #: Whether token counts include the special tokens (BOS) the tokenizer adds;
@@ -426,6 +515,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"stages.{i}.output_topic: is the dlq_topic")
             if stage.output_topic == self.kafka.filtered_topic:
                 raise ValueError(f"stages.{i}.output_topic: is the filtered_topic")
+            if self.llm.models and stage.model and stage.model not in self.llm.groups():
+                known = ", ".join(self.llm.groups())
+                raise ValueError(f"stages.{i}.model: unknown model group {stage.model!r} ({known})")
         return self
 
 

@@ -4,7 +4,9 @@
 transport per base URL (raw aiohttp by default, the OpenAI SDK with
 ``transport: openai``). Every limit in :class:`LLMSettings` that is per endpoint
 (``max_concurrency``, ``rpm``, ``tpm``, the breaker) applies to each base URL
-separately: several URLs are replicas, each with its own capacity.
+separately: several URLs are replicas, each with its own capacity. Each model
+group (``llm.models``, or the ``base_url(s)`` + ``model`` shorthand) gets its own
+pool of such endpoints, with the group's own limits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from streamsynth.llm.cache import MemoryCache, ResponseCache, SQLiteCache
 from streamsynth.llm.client import AsyncLLMClient
 from streamsynth.llm.concurrency import AdaptiveLimiter
 from streamsynth.llm.endpoint import Endpoint
+from streamsynth.llm.groups import ModelGroup, ModelGroups
 from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
 from streamsynth.llm.pool import EndpointPool
 from streamsynth.llm.ratelimit import RateLimiter
@@ -102,6 +105,22 @@ def build_endpoint(
     )
 
 
+def build_group(name: str, settings: LLMSettings, observer: LLMObserver) -> ModelGroup:
+    """One model group's pool (``settings``: the group's complete LLM section)."""
+    api_key = settings.resolve_api_key()
+    endpoints = [build_endpoint(settings, url, api_key, observer) for url in settings.base_urls]
+    for ep in endpoints:
+        observer.on_endpoint_group(endpoint=ep.url, model_group=name)
+    pool = EndpointPool(
+        endpoints,
+        cooldown_s=settings.endpoint_cooldown_s,
+        routing=settings.routing,
+        name=name,
+        observer=observer,
+    )
+    return ModelGroup(name, pool, send_priority=settings.send_priority)
+
+
 def build_llm_client(
     settings: LLMSettings,
     *,
@@ -110,11 +129,12 @@ def build_llm_client(
 ) -> ResilientClient:
     """The worker's LLM client: call once, share with every stage, ``await aclose()`` at exit."""
     observer = observer or NULL_OBSERVER
-    api_key = settings.resolve_api_key()
-    pool = EndpointPool(
-        [build_endpoint(settings, url, api_key, observer) for url in settings.base_urls],
-        cooldown_s=settings.endpoint_cooldown_s,
+    groups = ModelGroups(
+        [build_group(name, group, observer) for name, group in settings.groups().items()]
     )
+    gate = None
+    if settings.global_max_concurrency is not None:
+        gate = AdaptiveLimiter("global", max_limit=settings.global_max_concurrency, adaptive=False)
     policy = RetryPolicy(
         max_attempts=settings.max_attempts,
         base_s=settings.backoff_base_s,
@@ -122,7 +142,8 @@ def build_llm_client(
         deadline_s=settings.deadline_s,
     )
     return ResilientClient(
-        pool,
+        groups,
+        gate=gate,
         policy=policy,
         cache=build_cache(settings, cache_path_override, observer),
         accounting=Accounting(settings.prices),

@@ -3,10 +3,13 @@
 Per logical request::
 
     cache lookup (deterministic requests only)
+    the request's model picks its model group (llm/groups.py), its stage a priority
     retry loop, bounded by max_attempts and the request's deadline:
-        pick an endpoint (circuit admits it; least loaded; not the one that just failed)
-        one attempt on it (llm/endpoint.py: budget, slot held for this attempt only,
-            send, feedback to AIMD, breaker and rate limiter, or undo if never sent)
+        pick an endpoint of the group (circuit admits it; the stage's home replica
+            or the least loaded, llm/pool.py; not the one that just failed)
+        one attempt on it (llm/endpoint.py: budget, slot held for this attempt only --
+            lower priority first when queued --, the worker-wide gate if any, send,
+            feedback to AIMD, breaker and rate limiter, or undo if never sent)
         on a retryable failure: sleep (full jitter, >= Retry-After), slot-free
     account tokens and cost, store in the cache, report the operation
 
@@ -25,8 +28,10 @@ from collections.abc import Awaitable, Callable
 
 from streamsynth.llm.accounting import Accounting
 from streamsynth.llm.cache import ResponseCache
+from streamsynth.llm.concurrency import AdaptiveLimiter
 from streamsynth.llm.endpoint import AttemptStatus, Endpoint
 from streamsynth.llm.errors import AllCircuitsOpenError, DeadlineExceededError, LLMError
+from streamsynth.llm.groups import ModelGroup, ModelGroups, affinity_key
 from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
 from streamsynth.llm.pool import EndpointPool
 from streamsynth.llm.retry import RetryPolicy
@@ -46,8 +51,9 @@ class ResilientClient:
 
     def __init__(
         self,
-        pool: EndpointPool,
+        pool: EndpointPool | ModelGroups,
         *,
+        gate: AdaptiveLimiter | None = None,
         policy: RetryPolicy | None = None,
         cache: ResponseCache | None = None,
         accounting: Accounting | None = None,
@@ -56,7 +62,11 @@ class ResilientClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.pool = pool
+        # A bare pool is one group serving every model (tests, library use).
+        self.groups = pool if isinstance(pool, ModelGroups) else ModelGroups([ModelGroup("", pool)])
+        #: Attempts in flight over every group (``llm.global_max_concurrency``), if bounded.
+        self.gate = gate
+        self._priorities: dict[str, int] = {}
         self.policy = policy or RetryPolicy()
         self.cache = cache
         self._accounting = accounting or Accounting()
@@ -66,10 +76,15 @@ class ResilientClient:
         self._sleep = sleep
 
     def __repr__(self) -> str:
-        urls = [ep.url for ep in self.pool.endpoints]
+        urls = [ep.url for group in self.groups for ep in group.pool.endpoints]
         return f"ResilientClient({urls!r})"
 
     # -- introspection ------------------------------------------------------------------
+    @property
+    def pool(self) -> EndpointPool:
+        """The default model group's endpoints (the only ones with one group)."""
+        return self.groups.default.pool
+
     @property
     def accounting(self) -> Accounting:
         return self._accounting
@@ -77,19 +92,32 @@ class ResilientClient:
     @property
     def concurrency_limit(self) -> int:
         """The current (adaptive) concurrency limit, summed over endpoints."""
-        return self.pool.concurrency_limit()
+        total = sum(group.pool.concurrency_limit() for group in self.groups)
+        return min(total, self.gate.limit) if self.gate is not None else total
 
     @property
     def inflight(self) -> int:
         """HTTP attempts on the wire right now, summed over endpoints."""
-        return self.pool.inflight()
+        return sum(group.pool.inflight() for group in self.groups)
+
+    # -- priorities -----------------------------------------------------------------------
+    def set_stage_priority(self, stage: str, priority: int) -> None:
+        """Requests of ``stage`` queue for a slot at ``priority`` (lower first; default 0)."""
+        if priority:
+            self._priorities[stage] = priority
+        else:
+            self._priorities.pop(stage, None)
+
+    def priority_of(self, stage: str) -> int:
+        return self._priorities.get(stage, 0)
 
     async def aclose(self) -> None:
         try:
             if self.cache is not None:
                 await self.cache.aclose()
         finally:
-            await self.pool.aclose()
+            for group in self.groups:
+                await group.pool.aclose()
 
     # -- the request --------------------------------------------------------------------
     async def chat(self, request: ChatRequest) -> ChatResult:
@@ -176,15 +204,20 @@ class ResilientClient:
     async def _with_retries(self, request: ChatRequest, start: float) -> ChatResult:
         policy = self.policy
         deadline = self._clock() + policy.deadline_s
+        group = self.groups.for_model(request.model)
+        pool = group.pool
+        key = affinity_key(request) if pool.routing == "prefix_affinity" else None
+        priority = self._priorities.get(request.stage, 0)
+        sent = _with_priority(request, priority) if group.send_priority else request
         attempts = 0
         avoid: Endpoint | None = None
         while True:
             try:
-                endpoint = self.pool.choose(avoid)
+                endpoint = pool.choose(avoid, key)
             except AllCircuitsOpenError as exc:
                 await self._wait_for_circuit(request, exc, attempts, deadline)
                 continue
-            outcome = await self._attempt(endpoint, request, deadline, attempts)
+            outcome = await self._attempt(group, endpoint, sent, deadline, attempts, priority)
             if outcome is None:  # not sent: the endpoint went bad while we queued for it
                 continue
             attempts += 1
@@ -206,7 +239,13 @@ class ResilientClient:
             await self._sleep(delay)
 
     async def _attempt(
-        self, endpoint: Endpoint, request: ChatRequest, deadline: float, attempts: int
+        self,
+        group: ModelGroup,
+        endpoint: Endpoint,
+        request: ChatRequest,
+        deadline: float,
+        attempts: int,
+        priority: int,
     ) -> ChatResult | LLMError | None:
         """One attempt on ``endpoint``: its result, or the error it ended with.
 
@@ -214,22 +253,45 @@ class ResilientClient:
         deadline error (``attempts``: those made so far) when the deadline passes
         before it can be sent.
         """
+        queued_at = self._clock()
         async with endpoint.attempt(
-            request, deadline=deadline, clock=self._clock, sleep=self._sleep
+            request, deadline=deadline, clock=self._clock, sleep=self._sleep, priority=priority
         ) as attempt:
             if attempt.status is AttemptStatus.OUT_OF_TIME:
                 raise self._deadline_error(request, endpoint.url, attempts)
-            if attempt.queued and not self.pool.still_suitable(endpoint):
+            if attempt.queued and not group.pool.still_suitable(endpoint):
                 return None
+            gated = await self._enter_gate(priority, deadline)
+            if not gated:
+                raise self._deadline_error(request, endpoint.url, attempts)
             try:
+                # Budget, slot and gate: the client-side queue wait of this attempt.
+                self._observer.on_queue_wait(
+                    stage=request.stage, model_group=group.name, seconds=self._clock() - queued_at
+                )
                 result = await attempt.send(self._bounded(request, deadline))
             except LLMError as exc:
                 self._report_attempt(request, endpoint, exc.error_type)
                 if exc.retryable:
-                    self.pool.cool_down(endpoint)
+                    group.pool.cool_down(endpoint)
                 return exc
+            finally:
+                if self.gate is not None:
+                    self.gate.release()
         self._report_attempt(request, endpoint, "ok")
         return result
+
+    async def _enter_gate(self, priority: int, deadline: float) -> bool:
+        """A slot of the worker-wide bound, if there is one; False if the deadline passed."""
+        gate = self.gate
+        if gate is None or gate.try_acquire():
+            return True
+        try:
+            async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
+                await gate.acquire(priority=priority)
+        except TimeoutError:
+            return False
+        return True
 
     def _report_attempt(self, request: ChatRequest, endpoint: Endpoint, status: str) -> None:
         self._observer.on_attempt(
@@ -264,3 +326,12 @@ class ResilientClient:
         if remaining >= timeout:
             return request
         return dataclasses.replace(request, timeout_s=max(remaining, 0.001))
+
+
+def _with_priority(request: ChatRequest, priority: int) -> ChatRequest:
+    """``request`` with vLLM's ``priority`` body field (sent, never part of the cache key:
+    the cache was looked up with the request as the stage built it)."""
+    extra = {**request.config.extra_body, "priority": priority}
+    return dataclasses.replace(
+        request, config=request.config.model_copy(update={"extra_body": extra})
+    )

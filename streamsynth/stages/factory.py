@@ -45,12 +45,22 @@ def build_stages(settings: Settings, client: AsyncLLMClient | LLMClient) -> list
     """
     graph = settings.stage_graph()
     configs = {cfg.stage_name: cfg for cfg in settings.stages}
+    _set_priorities(settings, client)
     built: dict[str, BuiltStage] = {}
     for name in graph.order:
         upstream = graph.upstream_of(name)
         reads = built[upstream].output_field if upstream is not None else None
         built[name] = build_stage(settings, configs[name], client, default_input=reads)
     return [built[cfg.stage_name] for cfg in settings.stages]
+
+
+def _set_priorities(settings: Settings, client: AsyncLLMClient | LLMClient) -> None:
+    """Each stage's ``priority`` orders its requests in the queues of the shared client."""
+    from streamsynth.llm.resilient import ResilientClient
+
+    if isinstance(client, ResilientClient):
+        for cfg in settings.stages:
+            client.set_stage_priority(cfg.stage_name, cfg.priority)
 
 
 def build_stage(

@@ -22,6 +22,7 @@ SUBSTITUTIONS = {
     "$instance": ".*",
     "$stage": ".*",
     "$model": ".*",
+    "$model_group": ".*",
 }
 
 
