@@ -29,6 +29,7 @@ BENCHMARKS = (
     "scale",
     "fleet",
     "eos",
+    "routing",
 )
 
 
