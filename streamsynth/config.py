@@ -212,7 +212,9 @@ class LLMSettings(_Section):
     global_max_concurrency: int | None = Field(default=None, ge=1)
     provider: str = "openai"
     transport: Literal["aiohttp", "openai"] = "aiohttp"
-    max_concurrency: int = Field(default=256, ge=1)
+    #: Per endpoint. vLLM runs up to 1024 sequences at once on an H100/H200 by default
+    #: (``max_num_seqs``); the adaptive limit ramps up from 32 and settles at the knee.
+    max_concurrency: int = Field(default=1024, ge=1)
     min_concurrency: int = Field(default=4, ge=1)
     adaptive_concurrency: bool = True
     timeout_s: float = Field(default=120.0, gt=0)
@@ -435,7 +437,7 @@ class WorkerSettings(_Section):
     max_batch_records: int = Field(default=500, ge=1)
     max_batch_wait_ms: int = Field(default=100, ge=0)
     #: Records fetched but not finished; above it, partitions are paused.
-    max_inflight_records: int = Field(default=2_000, ge=1)
+    max_inflight_records: int = Field(default=4_096, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     shutdown_timeout_s: float = Field(default=60.0, ge=0)
@@ -604,7 +606,7 @@ llm:
   base_url: http://127.0.0.1:8000/v1       # or base_urls: [..] for a pool of replicas
   api_key_env: OPENAI_API_KEY              # or api_key / api_key_file
   model: meta/llama-3.3-70b-instruct
-  max_concurrency: 256
+  max_concurrency: 1024                    # per endpoint (vLLM's max_num_seqs on H100/H200)
   timeout_s: 120
   max_attempts: 6
   # rpm: 600
@@ -638,7 +640,7 @@ stages:
   #   on_truncated: dlq                    # keep (default) | filter | dlq
 worker:
   max_batch_records: 500
-  max_inflight_records: 2000
+  max_inflight_records: 4096
   commit_interval_s: 1.0
   drain_timeout_s: 30
   shutdown_timeout_s: 60
