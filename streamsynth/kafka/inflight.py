@@ -54,6 +54,8 @@ class Job:
     task: asyncio.Task[None] | None = None
     #: Finished or abandoned: late acknowledgements are ignored.
     finished: bool = False
+    #: An LLM request of this record was sent (set by :mod:`streamsynth.llm.onwire`).
+    on_wire: bool = False
 
 
 class PartitionState:
@@ -88,9 +90,15 @@ class PartitionState:
         """The offset to commit now (None: nothing new, or the partition is closed)."""
         return None if self.closed else self.tracker.to_commit()
 
-    def committed(self, position: int) -> None:
-        """Caller: the worker, after the broker accepted a commit. Affects: tracker.committed."""
+    def to_commit_with_metadata(self) -> tuple[int, str] | None:
+        """(offset, metadata) to commit now (None: nothing new, or the partition is closed)."""
+        return None if self.closed else self.tracker.to_commit_with_metadata()
+
+    def committed(self, position: int, metadata: str = "") -> None:
+        """Caller: the worker, after the broker accepted a commit (or on assignment, what
+        it read). Affects: tracker.committed, tracker.committed_metadata."""
         self.tracker.committed = position
+        self.tracker.committed_metadata = metadata
 
 
 class InflightWindow:
@@ -210,6 +218,28 @@ class InflightWindow:
         self.count -= n
         if self.count <= self.resume_at:
             self.room.set()
+
+    def release_unstarted(self, parts: list[PartitionState]) -> int:
+        """Cancel the records of ``parts`` that sent nothing yet (no LLM request on the
+        wire, no message to the broker); returns how many. Their offsets stay unfinished.
+
+        Caller: the worker's release on revoke, after :meth:`start_draining`.
+        Affects: those jobs (cancelled), part.jobs, part.idle, count, room.
+        """
+        released = 0
+        for part in parts:
+            for job in [j for j in part.jobs if not j.on_wire and j.remaining == 0]:
+                job.finished = True
+                if job.task is not None and not job.task.done():
+                    job.task.cancel()
+                part.jobs.discard(job)
+                released += 1
+            if not part.jobs:
+                part.idle.set()
+        self.count -= released
+        if self.count <= self.resume_at:
+            self.room.set()
+        return released
 
     def _abandon(self, part: PartitionState) -> int:
         jobs = list(part.jobs)

@@ -119,9 +119,11 @@ def run_worker(settings: Settings, *, stop_requested: Callable[[], bool] | None 
 
     from streamsynth.config import ConfigError
     from streamsynth.engine.errors import StageConfigError
+    from streamsynth.kafka.repeats import RepeatFilter
     from streamsynth.logging import configure_logging, register_secret
 
-    configure_logging(settings.logging)
+    # aiokafka logs a broker outage ten lines a second: one per kind and interval is enough.
+    configure_logging(settings.logging).addFilter(RepeatFilter())
     with contextlib.suppress(ConfigError):
         register_secret(settings.llm.resolve_api_key())
     for secret in (settings.kafka.sasl_password, settings.kafka.ssl_password):

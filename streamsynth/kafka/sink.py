@@ -18,7 +18,7 @@ never acknowledged is never reported done, so its offset is never committed.
 Only an error that no retry can fix (a record larger than the broker accepts) is
 reported to the callback. During an outage every message fails on every retry:
 those warnings are folded into one line per topic and error per
-:data:`WARNING_INTERVAL_S`, with the count (:class:`RepeatedWarning`).
+interval, with the count (:mod:`streamsynth.kafka.repeats`).
 
 :meth:`Sink.stop` takes a deadline: a producer that cannot flush (broker down) is
 abandoned when it passes, and its unacknowledged messages stay unfinished records.
@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +45,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from streamsynth.config import Settings
 from streamsynth.errors import StreamsynthError
 from streamsynth.kafka.connection import KafkaConnection
+from streamsynth.kafka.repeats import RepeatedWarning
 
 log = logging.getLogger("streamsynth.kafka.sink")
 
@@ -57,8 +57,6 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 
 #: Bytes per record batch (per topic-partition); larger messages are sent on their own.
 MAX_BATCH_BYTES = 512 * 1024
-#: A repeated warning (same message, topic and error) is logged once per this many seconds.
-WARNING_INTERVAL_S = 10.0
 
 Headers = list[tuple[str, bytes]]
 #: Called once per message: None when acknowledged, the error when it can never be.
@@ -77,52 +75,6 @@ class OutMessage:
     value: bytes | None
     key: bytes | None = None
     headers: Headers | None = None
-
-
-class RepeatedWarning:
-    """One warning line per key and interval, saying how many it stands for.
-
-    The first occurrence of a key is logged at once (an outage shows up without
-    delay); later ones within ``interval_s`` are only counted, and the next line
-    carries ``repeated``: how many occurrences it stands for since the last line.
-    """
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        message: str,
-        *,
-        interval_s: float = WARNING_INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._log = logger
-        self._message = message
-        self._interval_s = interval_s
-        self._clock = clock
-        #: key -> [time of the last line, occurrences since it]
-        self._seen: dict[tuple[str, ...], list[float]] = {}
-
-    def warn(self, key: tuple[str, ...], extra: dict[str, Any]) -> None:
-        now = self._clock()
-        seen = self._seen.get(key)
-        if seen is None:
-            self._seen[key] = [now, 0]
-            self._log.warning(self._message, extra={**extra, "repeated": 1})
-            return
-        seen[1] += 1
-        if now - seen[0] >= self._interval_s:
-            self._log.warning(
-                self._message,
-                extra={**extra, "repeated": int(seen[1]), "interval_s": self._interval_s},
-            )
-            seen[0], seen[1] = now, 0
-
-    def flush(self) -> None:
-        """Log what was counted since the last line of each key (at shutdown)."""
-        for key, (_, count) in self._seen.items():
-            if count:
-                self._log.warning(self._message, extra={"key": list(key), "repeated": int(count)})
-        self._seen.clear()
 
 
 def producer_options(settings: Settings) -> dict[str, Any]:

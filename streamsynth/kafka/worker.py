@@ -11,10 +11,19 @@ offset marked done. A commit loop commits each partition's contiguous finished
 prefix on an interval, on revoke and at shutdown, so the committed offset never
 passes an unfinished record.
 
-Rebalance: a revoked partition is paused, its in-flight records get
-``drain_timeout_s`` to finish, its finished prefix is committed, and what is left
-is cancelled (the new owner gets it again). Shutdown does the same for every
-partition within ``shutdown_timeout_s``, then flushes, commits and leaves. The
+Each commit also carries, as metadata, the offsets finished beyond the prefix
+(:mod:`~streamsynth.kafka.offsets`); a new owner reads it on assignment and skips
+what it says is finished, so a stuck record costs its successor only itself.
+
+Rebalance: a revoked partition is paused; records that never reached the LLM
+(queued for a slot) are released at once, those on the wire get
+``drain_timeout_s`` to finish, the finished prefix (and what lies finished beyond
+it) is committed, and what is left is cancelled (the new owner gets it again).
+Shutdown drains every partition, then commits, leaves the group, flushes the
+producer and closes the LLM client, every step within what is left of
+``shutdown_timeout_s``; a step the broker cannot complete in time is abandoned
+(nothing unfinished is ever committed) and the process exits 1 with one line
+naming what was abandoned. The
 process around the worker (signals, metrics server, exit codes) is
 :mod:`~streamsynth.kafka.runtime`.
 """
@@ -37,14 +46,16 @@ from aiokafka.errors import KafkaError
 from streamsynth.config import Settings
 from streamsynth.kafka.dlq import Failure
 from streamsynth.kafka.inflight import InflightWindow, Job, PartitionState, drained
+from streamsynth.kafka.offsets import decode_finished
 from streamsynth.kafka.processing import StageRunner, StageSpec, coords, log_failure, stage_specs
 from streamsynth.kafka.records import BadRecord, decode_value
 from streamsynth.kafka.routing import WORKER_STAGE, Publication, Routed, Router, without_value
 from streamsynth.kafka.sink import Sink, SinkClosedError
 from streamsynth.kafka.source import Source
+from streamsynth.llm import onwire
 from streamsynth.llm.client import AsyncLLMClient, LLMClient
 from streamsynth.llm.factory import build_llm_client
-from streamsynth.metrics.health import HealthState
+from streamsynth.metrics.health import HealthState, ReadinessObserver
 from streamsynth.metrics.registry import Metrics
 from streamsynth.stages.factory import build_stages
 
@@ -54,6 +65,17 @@ __all__ = ["StageSpec", "Worker", "stage_specs"]  # StageSpec, stage_specs: kafk
 
 #: Tasks can start eagerly (run up to their first suspension at creation) from 3.12.
 _EAGER = sys.version_info >= (3, 12)
+#: Bound of one commit (or committed-offset read) outside shutdown: in a broker outage
+#: aiokafka waits for a coordinator forever, holding the commit lock.
+COMMIT_TIMEOUT_S = 5.0
+#: Of ``shutdown_timeout_s``, this share (at most RESERVE_MAX_S) is kept from the drain
+#: for the final commit, the group leave and the producer flush.
+SHUTDOWN_RESERVE = 0.5
+SHUTDOWN_RESERVE_MAX_S = 5.0
+#: Every shutdown step gets at least this long, even when the budget is spent.
+MIN_STEP_S = 0.5
+#: Exit status when shutdown had to abandon a step (the broker did not answer in time).
+SHUTDOWN_INCOMPLETE_EXIT_CODE = 1
 
 
 @dataclass(slots=True)
@@ -105,6 +127,13 @@ class Worker:
         self._text_field = settings.record.text_field
         self._max_bytes = settings.record.max_record_bytes
         self.exit_code = 0
+        #: Whether assignment reads the commit metadata and skips finished records.
+        #: Exactly-once commits its offsets in transactions, without our metadata.
+        self.skips_finished = settings.kafka.processing_guarantee == "at_least_once"
+        #: Monotonic time the shutdown must be over by (None until it starts).
+        self._stop_by: float | None = None
+        #: Shutdown steps that did not complete in time (for the exit line).
+        self._abandoned: list[str] = []
 
     # -- public API -------------------------------------------------------------------
     @property
@@ -144,8 +173,9 @@ class Worker:
         specs = self._given_stages
         if specs is None:
             if self.client is None:
+                # Readiness hears the circuit breakers through the metrics observer.
                 self.client = build_llm_client(
-                    self.settings.llm, observer=self.metrics.llm_observer()
+                    self.settings.llm, observer=ReadinessObserver(self.metrics, self.health)
                 )
             specs = stage_specs(build_stages(self.settings, self.client))
         runner = await StageRunner.start(
@@ -241,6 +271,7 @@ class Worker:
     # -- one record -------------------------------------------------------------------
     async def _run_job(self, job: Job) -> None:
         msg = job.msg
+        onwire.track(job)  # the LLM client flags the job once a request is sent
         try:
             doc = decode_value(msg.value, text_field=self._text_field, max_bytes=self._max_bytes)
             if isinstance(doc, BadRecord):
@@ -310,30 +341,50 @@ class Worker:
             await self.commit()
 
     async def commit(self, parts: Sequence[PartitionState] | None = None) -> bool:
-        """Commit the finished prefix of ``parts`` (default: every owned partition)."""
+        """Commit the finished prefix of ``parts`` (default: every owned partition) and,
+        as metadata, what is finished beyond it. False when it failed or timed out."""
         source = self.running.source
-        async with self._commit_lock:
-            chosen = list(self.window.parts.values()) if parts is None else list(parts)
-            offsets = {}
-            for part in chosen:
-                position = part.to_commit()
-                if position is not None:
-                    offsets[part.tp] = position
-            ok = True
-            if offsets:
-                try:
-                    await source.commit(offsets)
-                except KafkaError as exc:
-                    ok = False
-                    self.metrics.offset_commits.labels("failed").inc()
-                    log.warning("offset commit failed", extra={"error": type(exc).__name__})
-                else:
-                    self.metrics.offset_commits.labels("ok").inc()
-                    by_tp = {part.tp: part for part in chosen}
-                    for tp, position in offsets.items():
-                        by_tp[tp].committed(position)
-            self._update_gauges(source, chosen)
-            return ok
+        try:
+            async with asyncio.timeout(self._step_timeout(COMMIT_TIMEOUT_S)):
+                async with self._commit_lock:
+                    return await self._commit_locked(source, parts)
+        except TimeoutError:
+            # The broker (or its coordinator) does not answer: counted like a failure.
+            self.metrics.offset_commits.labels("failed").inc()
+            log.warning("offset commit timed out")
+            return False
+
+    async def _commit_locked(self, source: Source, parts: Sequence[PartitionState] | None) -> bool:
+        chosen = list(self.window.parts.values()) if parts is None else list(parts)
+        due = {}
+        for part in chosen:
+            commit = part.to_commit_with_metadata()
+            if commit is not None:
+                due[part.tp] = commit
+        ok = True
+        if due:
+            try:
+                await source.commit(
+                    {tp: off for tp, (off, _) in due.items()},
+                    {tp: meta for tp, (_, meta) in due.items()},
+                )
+            except KafkaError as exc:
+                ok = False
+                self.metrics.offset_commits.labels("failed").inc()
+                log.warning("offset commit failed", extra={"error": type(exc).__name__})
+            else:
+                self.metrics.offset_commits.labels("ok").inc()
+                by_tp = {part.tp: part for part in chosen}
+                for tp, (position, metadata) in due.items():
+                    by_tp[tp].committed(position, metadata)
+        self._update_gauges(source, chosen)
+        return ok
+
+    def _step_timeout(self, default_s: float) -> float:
+        """How long the next step may take: ``default_s``, or what shutdown has left."""
+        if self._stop_by is None:
+            return default_s
+        return max(MIN_STEP_S, self._stop_by - time.monotonic())
 
     def _update_gauges(self, source: Source, parts: list[PartitionState]) -> None:
         m = self.metrics
@@ -359,17 +410,51 @@ class Worker:
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assigned").inc()
-        self.running.source.pause(self.window.assign(partitions))
+        source = self.running.source
+        to_pause = self.window.assign(partitions)
+        if self.skips_finished and partitions:
+            # Nothing may be fetched before the trackers know what is finished already.
+            source.pause(partitions)
+            await self._skip_finished(partitions)
+            source.resume(tp for tp in partitions if tp not in self.window.paused)
+        source.pause(to_pause)
         self.metrics.partitions_assigned.set(len(self.window.parts))
         self.health.mark_joined(True)
         log.info("partitions assigned", extra={"partitions": _names(partitions)})
+
+    async def _skip_finished(self, partitions: set[TopicPartition]) -> None:
+        """Read the commits' metadata: records it calls finished are not processed again."""
+        try:
+            found = await self.running.source.committed_with_metadata(
+                partitions, self._step_timeout(COMMIT_TIMEOUT_S)
+            )
+        except (TimeoutError, KafkaError) as exc:
+            # Safe either way: without it the partitions start from the plain prefix.
+            log.warning("commit metadata unreadable", extra={"error": type(exc).__name__})
+            return
+        skipped = {}
+        for tp, (offset, metadata) in found.items():
+            part = self.window.parts.get(tp)
+            runs = decode_finished(offset, metadata)
+            if part is None or not runs:
+                continue
+            part.tracker.resume(offset, runs)
+            part.committed(offset, metadata)
+            skipped[f"{tp.topic}[{tp.partition}]"] = sum(b - a + 1 for a, b in runs)
+        if skipped:
+            log.info("skipping records finished by the last owner", extra={"finished": skipped})
 
     async def _release(self, parts: list[PartitionState], timeout_s: float, *, why: str) -> None:
         """Stop fetching ``parts``, drain them, commit their finished prefix, drop the rest."""
         window = self.window
         self.running.source.pause(window.start_draining(parts))
+        # A revoke waits only for what the LLM is working on: a record still queued for
+        # a slot costs its next owner nothing to redo, and waiting for it stalls the group.
+        released = window.release_unstarted(parts) if why == "revoke" else 0
         done = await drained(parts, timeout_s)
-        await self.commit(parts)
+        committed = await self.commit(parts)
+        if why == "shutdown" and not committed:
+            self._abandoned.append(f"the final commit of {len(parts)} partitions")
         abandoned = window.close(parts)
         self.metrics.partitions_assigned.set(len(window.parts))
         self.metrics.partitions_paused.set(len(window.paused))
@@ -379,33 +464,59 @@ class Worker:
                 "why": why,
                 "partitions": _names(p.tp for p in parts),
                 "drained": done,
+                "released_unstarted": released,
                 "abandoned": abandoned,
             },
         )
 
     # -- shutdown ---------------------------------------------------------------------
     async def _shutdown(self) -> None:
+        """Drain, commit, leave, flush, close: all within ``shutdown_timeout_s``."""
         self.health.mark_stopping()
+        budget = self.settings.worker.shutdown_timeout_s
+        started = time.monotonic()
+        self._stop_by = started + budget
         run = self._run
         try:
             if run is not None and self.window.parts:
                 parts = list(self.window.parts.values())
-                await self._release(parts, self.settings.worker.shutdown_timeout_s, why="shutdown")
+                # The drain may not eat the time the commit and the goodbyes need.
+                drain_s = budget - min(SHUTDOWN_RESERVE_MAX_S, budget * SHUTDOWN_RESERVE)
+                await self._release(parts, drain_s, why="shutdown")
         finally:
             if run is not None:
-                with contextlib.suppress(KafkaError):
-                    await run.source.stop()
-                await run.sink.stop()
-                await run.runner.teardown()
+                await self._stop_clients(run)
             await self._close_client()
+        if self._abandoned:
+            log.error(
+                f"shutdown incomplete after {time.monotonic() - started:.1f} s "
+                f"(shutdown_timeout_s: {budget:g}); abandoned: {'; '.join(self._abandoned)}. "
+                "Nothing unfinished was committed: the next owner redoes it.",
+                extra={"abandoned": self._abandoned},
+            )
+            self.exit_code = self.exit_code or SHUTDOWN_INCOMPLETE_EXIT_CODE
         log.info("worker stopped")
+
+    async def _stop_clients(self, run: _Running) -> None:
+        if not await run.source.stop(self._step_timeout(COMMIT_TIMEOUT_S)):
+            self._abandoned.append("leaving the consumer group (the broker did not answer)")
+        if not await run.sink.stop(self._step_timeout(COMMIT_TIMEOUT_S)):
+            self._abandoned.append("the producer flush (unacknowledged records stay unfinished)")
+        try:
+            await asyncio.wait_for(run.runner.teardown(), self._step_timeout(COMMIT_TIMEOUT_S))
+        except TimeoutError:
+            self._abandoned.append("the stages' teardown")
 
     async def _close_client(self) -> None:
         if self._own_client and self.client is not None:
             aclose = getattr(self.client, "aclose", None)
             if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+                try:
+                    await asyncio.wait_for(aclose(), self._step_timeout(COMMIT_TIMEOUT_S))
+                except TimeoutError:
+                    self._abandoned.append("closing the LLM client")
+                except Exception:  # closing must not mask the stop
+                    log.debug("LLM client close failed", exc_info=True)
 
 
 def _names(tps: Iterable[TopicPartition]) -> list[str]:
