@@ -30,7 +30,12 @@ from streamsynth.llm.accounting import Accounting
 from streamsynth.llm.cache import ResponseCache
 from streamsynth.llm.concurrency import AdaptiveLimiter
 from streamsynth.llm.endpoint import AttemptStatus, Endpoint
-from streamsynth.llm.errors import AllCircuitsOpenError, DeadlineExceededError, LLMError
+from streamsynth.llm.errors import (
+    AllCircuitsOpenError,
+    DeadlineExceededError,
+    LLMError,
+    RateLimitError,
+)
 from streamsynth.llm.groups import ModelGroup, ModelGroups, affinity_key
 from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
 from streamsynth.llm.pool import EndpointPool
@@ -230,6 +235,10 @@ class ResilientClient:
             if not policy.should_retry(outcome, attempts):
                 raise outcome
             delay = policy.delay_s(attempts, outcome)
+            if isinstance(outcome, RateLimitError):
+                # The controller cut on this 429: wait until some replica would take the retry.
+                ready = min(ep.ready_at() for ep in pool.endpoints)
+                delay = max(delay, ready - self._clock())
             if self._clock() + delay >= deadline:
                 raise self._deadline_error(request, endpoint.url, attempts) from outcome
             self._observer.on_retry(

@@ -9,8 +9,11 @@ import pytest
 from streamsynth.llm.breaker import CircuitBreaker, CircuitState
 from streamsynth.llm.concurrency import AdaptiveLimiter
 from streamsynth.llm.endpoint import AttemptStatus, Endpoint
-from streamsynth.llm.errors import BadRequestError, ServerError
+from streamsynth.llm.errors import BadRequestError, RateLimitError, ServerError
+from streamsynth.llm.pool import EndpointPool
 from streamsynth.llm.ratelimit import RateLimiter
+from streamsynth.llm.resilient import ResilientClient
+from streamsynth.llm.retry import RetryPolicy
 from streamsynth.llm.types import ChatRequest, ChatResult, Usage
 
 REQUEST = ChatRequest(model="m", messages=({"role": "user", "content": "hello"},), stage="s")
@@ -135,3 +138,44 @@ async def test_failures_feed_the_breaker_and_answers_prove_the_server_alive() ->
             await attempt.send(REQUEST)
     assert ep.circuit_open() and ep.inflight == 0
     assert _requests_left(ep) == 60  # failures refund the budget
+
+
+async def test_a_429_retry_waits_until_the_controller_would_take_it() -> None:
+    """After a 429 the limiter cuts and cools down; the retry is not sent before that ends,
+    even when the retry policy's own backoff is shorter."""
+    clock = Clock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    transport = Transport()
+    ok = transport.outcome
+    ep = Endpoint(
+        url="http://ep",
+        transport=transport,
+        limiter=AdaptiveLimiter("http://ep", max_limit=8, cooldown_s=2.0, clock=clock),
+        breaker=CircuitBreaker("http://ep", failure_threshold=5, reset_s=60.0, clock=clock),
+        rate=RateLimiter("http://ep", learn=False, clock=clock),
+    )
+
+    class ThrottledOnce(Transport):
+        async def chat(self, request: ChatRequest) -> ChatResult:
+            self.calls += 1
+            if self.calls == 1:
+                raise RateLimitError("slow down", status_code=429)
+            assert isinstance(ok, ChatResult)
+            return ok
+
+    ep.transport = ThrottledOnce()
+    client = ResilientClient(
+        EndpointPool([ep], clock=clock),
+        policy=RetryPolicy(max_attempts=3, base_s=0.01, max_s=0.01, deadline_s=60.0),
+        clock=clock,
+        sleep=sleep,
+    )
+    result = await client.chat(REQUEST)
+    assert result.attempts == 2 and result.text == "ok"
+    assert ep.limiter.limit < 8  # the 429 was a signal the controller acted on
+    assert slept and slept[-1] == pytest.approx(2.0, abs=0.05)  # its cooldown, not 10 ms
