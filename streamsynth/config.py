@@ -192,6 +192,11 @@ class ModelGroupSettings(_Section):
         return self
 
 
+#: The openai SDK transport's depth limit: its throughput collapses beyond it (httpx's
+#: pool bookkeeping; measured by ``streamsynth bench client-throughput``).
+OPENAI_MAX_CONCURRENCY = 256
+
+
 class LLMSettings(_Section):
     base_url: str | None = None
     base_urls: list[str] = Field(default_factory=list)
@@ -263,6 +268,14 @@ class LLMSettings(_Section):
         self.base_urls = list(dict.fromkeys(u for g in self._groups.values() for u in g.base_urls))
         if self.min_concurrency > self.max_concurrency:
             raise ValueError("min_concurrency must not exceed max_concurrency")
+        for group in [self, *self._groups.values()]:
+            if group.transport == "openai" and group.max_concurrency > OPENAI_MAX_CONCURRENCY:
+                raise ValueError(
+                    f"max_concurrency: the openai transport collapses above "
+                    f"{OPENAI_MAX_CONCURRENCY} in flight (bench client-throughput: 294 req/s "
+                    "at 256, 50 at 4,096); set max_concurrency <= "
+                    f"{OPENAI_MAX_CONCURRENCY} or use transport aiohttp"
+                )
         given = [self.api_key is not None, bool(self.api_key_env), self.api_key_file is not None]
         if sum(given) > 1:
             raise ValueError("set only one of api_key, api_key_env, api_key_file")
@@ -612,6 +625,9 @@ llm:
   # rpm: 600
   # tpm: 1000000
   # context_tokens: 131072                 # guard: shrink max_tokens to fit, or DLQ context_length
+  # routing: prefix_affinity               # a stage's requests stay on one replica (prefix cache)
+  # models:                                # several models, each on its own servers and limits
+  #   meta/llama-3.1-8b-instruct: {base_url: http://127.0.0.1:8001/v1, max_concurrency: 512}
   cache:
     kind: sqlite                           # path: default ~/.cache/streamsynth/cache.sqlite3
     max_entries: 1000000                   # least recently used answers are evicted beyond it
@@ -621,6 +637,8 @@ stages:
   - task: diverse_qa
     output_topic: synth.diverse_qa
     generation: {temperature: 0.5, top_p: 0.9, max_tokens: 600}
+    # model: meta/llama-3.1-8b-instruct    # a group of llm.models
+    # priority: 10                         # lower values get free slots first (default 0)
   - task: custom
     system_prompt: "You are a careful technical writer."
     prompt: "Summarize the following text in three sentences:\\n\\n{document}"

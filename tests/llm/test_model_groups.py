@@ -11,10 +11,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from streamsynth.cli.main import app
 from streamsynth.config import ConfigError, LLMSettings, settings_from_dict
 from streamsynth.llm.factory import build_llm_client
 from streamsynth.llm.groups import affinity_key
@@ -307,12 +311,22 @@ async def test_priority_field_is_sent_only_when_the_group_says_so(send: bool) ->
         (lambda d: d["llm"].update(model="other"), "llm.model"),
     ],
 )
-def test_config_errors_name_the_field(change: Callable[[dict[str, Any]], None], field: str) -> None:
+def test_config_errors_name_the_field(
+    change: Callable[[dict[str, Any]], None], field: str, tmp_path: Path
+) -> None:
     data = _config("http://127.0.0.1:1/v1")
     change(data)
     with pytest.raises(ConfigError) as info:
         settings_from_dict(data)
     assert f"{field}:" in str(info.value)
+    # The command line: exit 2 and one error naming the field, before any connection.
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["config", "validate", str(path)])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert (
+        result.stderr.startswith("error: invalid configuration:") and f"{field}:" in result.stderr
+    )
 
 
 async def test_global_bound_caps_the_worker_across_groups() -> None:
