@@ -164,13 +164,13 @@ async def test_two_groups_one_replica_killed_and_restored() -> None:
             return load.count(lambda a: a.stage in victims and a.endpoint == url and a.at > after)
 
         await _until(lambda: from_victim_stages(victim, 0) >= 20, 20, "victim replica warm")
-        killed_at = time.monotonic()
         await big[1].stop()  # in-flight requests on it are cut off
+        killed_at = time.monotonic()  # nothing can come from it after this
         survivor = big[0].base_url
         await _until(
             lambda: from_victim_stages(survivor, killed_at) >= 40, 20, "its share moved over"
         )
-        assert from_victim_stages(victim, killed_at + 0.05) == 0
+        assert from_victim_stages(victim, killed_at + 0.2) == 0  # answers read late
         restored_at = time.monotonic()
         revived = await _simulator("big", port=big_ports[1])
         await _until(
