@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks import _common as c
 from streamsynth.config import LLMSettings
 from streamsynth.llm.factory import build_llm_client
-from streamsynth.llm.types import ChatRequest, GenerationConfig
+from streamsynth.llm.types import ChatRequest, GenerationConfig, Message
 from streamsynth.local.llm_simulator import ServingConfig, SimulatorConfig, SimulatorProcess
 
 HIT_RATE_GOAL = 0.9
@@ -69,7 +69,7 @@ def _requests(args: argparse.Namespace) -> list[ChatRequest]:
     requests = []
     for doc in docs:
         for i, system in enumerate(prompts):
-            messages = (
+            messages: tuple[Message, ...] = (
                 {"role": "system", "content": system},
                 {"role": "user", "content": f"Passage:\n{doc['text']}"},
             )

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import yaml
@@ -286,7 +286,7 @@ async def _send_both(client: ResilientClient) -> None:
 async def test_priority_field_is_sent_only_when_the_group_says_so(send: bool) -> None:
     # A server started with the priority policy when we send it; a FCFS one (which
     # rejects any priority but 0) when we do not.
-    scheduling = "priority" if send else "fcfs"
+    scheduling: Literal["fcfs", "priority"] = "priority" if send else "fcfs"
     sim = await _simulator("m", serving=ServingConfig(replicas=1, scheduling=scheduling))
     client = await _client_for(_config(sim.base_urls[0], send_priority=send))
     try:
