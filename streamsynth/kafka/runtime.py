@@ -234,7 +234,11 @@ def failure_message(settings: Settings, exc: BaseException) -> str:
         return f"cannot reach the Kafka broker at {kafka.bootstrap_servers}{hint}: {name}"
     if isinstance(exc, OSError) and exc.strerror:
         return f"{name}: {exc.strerror}"
-    return f"{name}: {exc}" if str(exc) else name
+    # A client's message may carry a URL with credentials or an echoed key: this line
+    # goes to stderr, past the logging filter, so it is scrubbed here.
+    from streamsynth.redact import redact
+
+    return redact(f"{name}: {exc}") if str(exc) else name
 
 
 def _install_loop_handlers(request_stop: Callable[[], None]) -> None:

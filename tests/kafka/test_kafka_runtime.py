@@ -191,3 +191,32 @@ def test_one_line_keeps_every_field() -> None:
     assert one_line("cannot read config file x: No such file") == (
         "cannot read config file x: No such file"
     )
+
+
+def test_failure_line_never_carries_credentials_of_the_failing_client() -> None:
+    """The exit-1 line goes to stderr past the logging filter, so it is scrubbed itself."""
+    from streamsynth.config import settings_from_dict
+    from streamsynth.kafka.runtime import failure_message
+
+    settings = settings_from_dict(
+        {
+            "kafka": {
+                "bootstrap_servers": "127.0.0.1:9092",
+                "input_topic": "in",
+                "dlq_topic": "dlq",
+            },
+            "llm": {"base_url": "http://127.0.0.1:8000/v1", "model": "m"},
+            "stages": [
+                {
+                    "task": "custom",
+                    "prompt": "{document}",
+                    "output_topic": "out",
+                    "output_field": "answer",
+                }
+            ],
+        }
+    )
+    exc = RuntimeError("cannot open https://user:s3cr3t-pass@proxy.example:8443/v1")
+    line = failure_message(settings, exc)
+    assert "s3cr3t-pass" not in line
+    assert line.startswith("RuntimeError: ")
