@@ -124,7 +124,7 @@ class EndpointPool:
         now = self._clock()
         ranked = [ep for ep in self._ranking(key) if ep.admits(now)]
         if not ranked:
-            self._least_loaded(avoid, now)  # raises AllCircuitsOpenError
+            raise self._all_open()
         healthy = [ep for ep in ranked if ep is not avoid and not ep.cooling(now)] or ranked
         chosen = home = healthy[0]
         if len(healthy) > 1 and home.load() >= 1.0:
@@ -149,11 +149,14 @@ class EndpointPool:
             if best_rank is None or rank < best_rank:
                 best, best_rank = ep, rank
         if best is None:
-            reopens = min(ep.reopens_at() for ep in self.endpoints)
-            raise AllCircuitsOpenError(
-                f"all {len(self.endpoints)} endpoint circuits are open", reopens_at=reopens
-            )
+            raise self._all_open()
         return best
+
+    def _all_open(self) -> AllCircuitsOpenError:
+        reopens = min(ep.reopens_at() for ep in self.endpoints)
+        return AllCircuitsOpenError(
+            f"all {len(self.endpoints)} endpoint circuits are open", reopens_at=reopens
+        )
 
     def still_suitable(self, endpoint: Endpoint) -> bool:
         """After queueing for a slot of ``endpoint``: is it still a good choice?
