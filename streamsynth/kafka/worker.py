@@ -447,6 +447,7 @@ class Worker:
     async def _release(self, parts: list[PartitionState], timeout_s: float, *, why: str) -> None:
         """Stop fetching ``parts``, drain them, commit their finished prefix, drop the rest."""
         window = self.window
+        started = time.monotonic()
         self.running.source.pause(window.start_draining(parts))
         # A revoke waits only for what the LLM is working on: a record still queued for
         # a slot costs its next owner nothing to redo, and waiting for it stalls the group.
@@ -466,6 +467,7 @@ class Worker:
                 "drained": done,
                 "released_unstarted": released,
                 "abandoned": abandoned,
+                "took_s": round(time.monotonic() - started, 3),
             },
         )
 

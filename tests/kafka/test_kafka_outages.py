@@ -293,3 +293,41 @@ async def test_kill_9_with_stuck_records_redoes_only_them(
         for w in (first, second):
             if w is not None:
                 w.stop()
+
+
+async def test_a_revoke_releases_queued_records_at_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Hundreds fetched, four on the wire: the revoke waits for the four, not the window."""
+    config = SimulatorConfig(latency=LatencyModel(kind="uniform", low_s=0.4, high_s=0.6))
+    with SimulatorProcess(config) as sim:
+        topics = Topics.make(["summary"])
+        await topics.create(kafka_bootstrap, partitions=PARTITIONS)
+        n = 1200
+        await produce(kafka_bootstrap, topics.input, [doc(i) for i in range(n)])
+        drain_s = 20
+        cfg = worker_config(
+            kafka_bootstrap,
+            topics,
+            sim.base_url,
+            [custom_stage("summary", topics.outputs["summary"])],
+            llm__max_concurrency=4,  # ~8 records/s: the window stays full of queued ones
+            worker__max_inflight_records=400,
+            worker__drain_timeout_s=drain_s,
+        )
+        first = WorkerProcess(cfg, tmp_path, name="first").start()
+        second = None
+        try:
+            first.wait_for_log("partitions assigned", 60)
+            _poll(lambda: sim.stats().inflight >= 4, 30, "four requests on the wire")
+            second = WorkerProcess(cfg, tmp_path, name="second").start()
+            line = first.wait_for_log(r'\{[^\n]*"partitions released"[^\n]*"revoke"[^\n]*\}', 90)
+            released = json.loads(line.group(0))
+            print(released)
+            assert released["released_unstarted"] >= 100, released
+            # Only the few requests on the wire (0.4-0.6 s each) were waited for.
+            assert released["took_s"] < drain_s / 2, released
+        finally:
+            for w in (first, second):
+                if w is not None:
+                    w.stop()
