@@ -97,9 +97,15 @@ async def test_broker_killed_then_sigterm_exits_in_time_and_a_restart_loses_noth
             async with TopicReader(bootstrap, [out_topic]) as reader:
                 await reader.until(lambda r: len(r.records[out_topic]) >= 100, 60, "100 outputs")
             broker.stop(kill=True)
-            # Readiness follows the broker; failed commits are counted.
+            # Readiness follows the broker, both ways.
             _poll(lambda: _readyz(port)[0] == 503, 15, "/readyz 503 with the broker down")
             assert "broker" in _readyz(port)[1]
+            broker.start()
+            _poll(lambda: _readyz(port)[0] == 200, 15, "/readyz 200 with the broker back")
+            async with TopicReader(bootstrap, [out_topic]) as reader:
+                await reader.until(lambda r: len(r.records[out_topic]) >= 200, 60, "200 outputs")
+            broker.stop(kill=True)
+            # Records finished since the last commit: the next commit fails and is counted.
             _poll(lambda: _failed_commits(port) >= 1, 20, "a failed commit counted")
             first.signal(signal.SIGTERM)
             t0 = time.monotonic()
