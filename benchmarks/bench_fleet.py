@@ -162,7 +162,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         llm = settings["llm"]
         llm.pop("base_url")
-        llm.update(base_urls=sim.base_urls, adaptive_concurrency=True, min_concurrency=4)
+        # One stage: prefix-affinity routing would keep it on its home replica and the one
+        # it spills to; the whole fleet is what is measured here.
+        llm.update(
+            base_urls=sim.base_urls,
+            adaptive_concurrency=True,
+            min_concurrency=4,
+            routing=args.routing,
+        )
         metrics_url = f"http://127.0.0.1:{settings['metrics']['port']}/metrics"
         worker = c.WorkerProcess(settings)
         worker.start()
@@ -278,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, default=1024, help="per endpoint")
     p.add_argument("--max-inflight", type=int, default=4096, help="worker records in flight")
     p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--routing", default="least_loaded", help="least_loaded | prefix_affinity")
     p.add_argument("--words", type=int, default=120, help="mean words per document")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--capacity-s", type=float, default=15.0)
