@@ -47,6 +47,26 @@ class CommittedReader(TopicReader):
                     self.copies[str(rec.json()["id"])] += 1
         return n
 
+    def positions(self) -> dict[str, tuple[int | None, int | None, int | None]]:
+        """Per partition: (position, last stable offset, high watermark), for a stall report."""
+        consumer = self._consumer
+        assert consumer is not None
+        out = {}
+        for tp in consumer.assignment():
+            position = consumer._subscription.subscription.assignment.state_value(tp).position
+            out[f"{tp.topic}[{tp.partition}]"] = (
+                position,
+                consumer.last_stable_offset(tp),
+                consumer.highwater(tp),
+            )
+        return out
+
+    async def until(self, done: Any, timeout_s: float, what: str = "") -> None:
+        try:
+            await super().until(done, timeout_s, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; (position, LSO, highwater): {self.positions()}") from None
+
 
 def wait_until(check: Any, timeout_s: float, what: str, poll_s: float = 0.02) -> Any:
     """Poll ``check()`` until truthy (returned) or fail after ``timeout_s``."""
