@@ -28,9 +28,11 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from streamsynth.kafka.offsets import OffsetTracker
+from streamsynth.kafka.offsets import OffsetTracker, decode_finished
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from aiokafka import ConsumerRecord, TopicPartition
 
 #: Resume paused partitions once the window is this full (hysteresis against flapping).
@@ -218,6 +220,26 @@ class InflightWindow:
         self.count -= n
         if self.count <= self.resume_at:
             self.room.set()
+
+    def resume_finished(
+        self, committed: Mapping[TopicPartition, tuple[int, str]]
+    ) -> dict[TopicPartition, int]:
+        """Take on the committed (offset, metadata) of new partitions: records the metadata
+        calls finished are skipped when fetched. Returns how many per partition.
+
+        Caller: the worker's ``on_assigned``, before the partitions are fetched.
+        Affects: the parts' trackers (resume), their committed offset and metadata.
+        """
+        skipped = {}
+        for tp, (offset, metadata) in committed.items():
+            part = self.parts.get(tp)
+            runs = decode_finished(offset, metadata)
+            if part is None or not runs:
+                continue
+            part.tracker.resume(offset, runs)
+            part.committed(offset, metadata)
+            skipped[tp] = sum(last - first + 1 for first, last in runs)
+        return skipped
 
     def release_unstarted(self, parts: list[PartitionState]) -> int:
         """Cancel the records of ``parts`` that sent nothing yet (no LLM request on the

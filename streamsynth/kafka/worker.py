@@ -9,23 +9,15 @@ or dead letters. The record is *finished* when every stage has finished every ro
 it received and the broker has acknowledged all their messages; only then is its
 offset marked done. A commit loop commits each partition's contiguous finished
 prefix on an interval, on revoke and at shutdown, so the committed offset never
-passes an unfinished record.
+passes an unfinished record; the commit's metadata lists what is finished beyond
+it, and a new owner skips that (:mod:`~streamsynth.kafka.offsets`).
 
-Each commit also carries, as metadata, the offsets finished beyond the prefix
-(:mod:`~streamsynth.kafka.offsets`); a new owner reads it on assignment and skips
-what it says is finished, so a stuck record costs its successor only itself.
-
-Rebalance: a revoked partition is paused; records that never reached the LLM
-(queued for a slot) are released at once, those on the wire get
-``drain_timeout_s`` to finish, the finished prefix (and what lies finished beyond
-it) is committed, and what is left is cancelled (the new owner gets it again).
-Shutdown drains every partition, then commits, leaves the group, flushes the
-producer and closes the LLM client, every step within what is left of
-``shutdown_timeout_s``; a step the broker cannot complete in time is abandoned
-(nothing unfinished is ever committed) and the process exits 1 with one line
-naming what was abandoned. The
-process around the worker (signals, metrics server, exit codes) is
-:mod:`~streamsynth.kafka.runtime`.
+Rebalance: a revoked partition is paused, records that sent no LLM request yet are
+released at once, those on the wire get ``drain_timeout_s``, the finished prefix is
+committed, and the rest is cancelled (the new owner gets it again). Shutdown does
+the same for every partition, then leaves, flushes and closes, all within
+``shutdown_timeout_s`` (:mod:`~streamsynth.kafka.shutdown`). The process around
+the worker (signals, metrics server, exit codes) is :mod:`~streamsynth.kafka.runtime`.
 """
 
 from __future__ import annotations
@@ -46,10 +38,10 @@ from aiokafka.errors import KafkaError
 from streamsynth.config import Settings
 from streamsynth.kafka.dlq import Failure
 from streamsynth.kafka.inflight import InflightWindow, Job, PartitionState, drained
-from streamsynth.kafka.offsets import decode_finished
 from streamsynth.kafka.processing import StageRunner, StageSpec, coords, log_failure, stage_specs
 from streamsynth.kafka.records import BadRecord, decode_value
 from streamsynth.kafka.routing import WORKER_STAGE, Publication, Routed, Router, without_value
+from streamsynth.kafka.shutdown import INCOMPLETE_EXIT_CODE, Shutdown
 from streamsynth.kafka.sink import Sink, SinkClosedError
 from streamsynth.kafka.source import Source
 from streamsynth.llm import onwire
@@ -68,14 +60,6 @@ _EAGER = sys.version_info >= (3, 12)
 #: Bound of one commit (or committed-offset read) outside shutdown: in a broker outage
 #: aiokafka waits for a coordinator forever, holding the commit lock.
 COMMIT_TIMEOUT_S = 5.0
-#: Of ``shutdown_timeout_s``, this share (at most RESERVE_MAX_S) is kept from the drain
-#: for the final commit, the group leave and the producer flush.
-SHUTDOWN_RESERVE = 0.5
-SHUTDOWN_RESERVE_MAX_S = 5.0
-#: Every shutdown step gets at least this long, even when the budget is spent.
-MIN_STEP_S = 0.5
-#: Exit status when shutdown had to abandon a step (the broker did not answer in time).
-SHUTDOWN_INCOMPLETE_EXIT_CODE = 1
 
 
 @dataclass(slots=True)
@@ -127,13 +111,10 @@ class Worker:
         self._text_field = settings.record.text_field
         self._max_bytes = settings.record.max_record_bytes
         self.exit_code = 0
-        #: Whether assignment reads the commit metadata and skips finished records.
-        #: Exactly-once commits its offsets in transactions, without our metadata.
+        #: Assignment skips what the commit metadata calls finished (exactly-once commits
+        #: in transactions, without it).
         self.skips_finished = settings.kafka.processing_guarantee == "at_least_once"
-        #: Monotonic time the shutdown must be over by (None until it starts).
-        self._stop_by: float | None = None
-        #: Shutdown steps that did not complete in time (for the exit line).
-        self._abandoned: list[str] = []
+        self._stop: Shutdown | None = None  # the shutdown in progress: its deadline
 
     # -- public API -------------------------------------------------------------------
     @property
@@ -345,7 +326,8 @@ class Worker:
         as metadata, what is finished beyond it. False when it failed or timed out."""
         source = self.running.source
         try:
-            async with asyncio.timeout(self._step_timeout(COMMIT_TIMEOUT_S)):
+            bound = COMMIT_TIMEOUT_S if self._stop is None else self._stop.deadline.left()
+            async with asyncio.timeout(bound):
                 async with self._commit_lock:
                     return await self._commit_locked(source, parts)
         except TimeoutError:
@@ -356,17 +338,13 @@ class Worker:
 
     async def _commit_locked(self, source: Source, parts: Sequence[PartitionState] | None) -> bool:
         chosen = list(self.window.parts.values()) if parts is None else list(parts)
-        due = {}
-        for part in chosen:
-            commit = part.to_commit_with_metadata()
-            if commit is not None:
-                due[part.tp] = commit
+        due = {p: c for p in chosen if (c := p.to_commit_with_metadata()) is not None}
         ok = True
         if due:
             try:
                 await source.commit(
-                    {tp: off for tp, (off, _) in due.items()},
-                    {tp: meta for tp, (_, meta) in due.items()},
+                    {p.tp: off for p, (off, _) in due.items()},
+                    {p.tp: meta for p, (_, meta) in due.items()},
                 )
             except KafkaError as exc:
                 ok = False
@@ -374,17 +352,10 @@ class Worker:
                 log.warning("offset commit failed", extra={"error": type(exc).__name__})
             else:
                 self.metrics.offset_commits.labels("ok").inc()
-                by_tp = {part.tp: part for part in chosen}
-                for tp, (position, metadata) in due.items():
-                    by_tp[tp].committed(position, metadata)
+                for part, (position, metadata) in due.items():
+                    part.committed(position, metadata)
         self._update_gauges(source, chosen)
         return ok
-
-    def _step_timeout(self, default_s: float) -> float:
-        """How long the next step may take: ``default_s``, or what shutdown has left."""
-        if self._stop_by is None:
-            return default_s
-        return max(MIN_STEP_S, self._stop_by - time.monotonic())
 
     def _update_gauges(self, source: Source, parts: list[PartitionState]) -> None:
         m = self.metrics
@@ -415,34 +386,19 @@ class Worker:
         if self.skips_finished and partitions:
             # Nothing may be fetched before the trackers know what is finished already.
             source.pause(partitions)
-            await self._skip_finished(partitions)
+            try:
+                found = await source.committed_with_metadata(partitions, COMMIT_TIMEOUT_S)
+            except (TimeoutError, KafkaError) as exc:  # safe: the plain prefix then
+                log.warning("commit metadata unreadable", extra={"error": type(exc).__name__})
+                found = {}
+            if skipped := self.window.resume_finished(found):
+                names = {f"{tp.topic}[{tp.partition}]": n for tp, n in skipped.items()}
+                log.info("skipping records finished by the last owner", extra={"finished": names})
             source.resume(tp for tp in partitions if tp not in self.window.paused)
         source.pause(to_pause)
         self.metrics.partitions_assigned.set(len(self.window.parts))
         self.health.mark_joined(True)
         log.info("partitions assigned", extra={"partitions": _names(partitions)})
-
-    async def _skip_finished(self, partitions: set[TopicPartition]) -> None:
-        """Read the commits' metadata: records it calls finished are not processed again."""
-        try:
-            found = await self.running.source.committed_with_metadata(
-                partitions, self._step_timeout(COMMIT_TIMEOUT_S)
-            )
-        except (TimeoutError, KafkaError) as exc:
-            # Safe either way: without it the partitions start from the plain prefix.
-            log.warning("commit metadata unreadable", extra={"error": type(exc).__name__})
-            return
-        skipped = {}
-        for tp, (offset, metadata) in found.items():
-            part = self.window.parts.get(tp)
-            runs = decode_finished(offset, metadata)
-            if part is None or not runs:
-                continue
-            part.tracker.resume(offset, runs)
-            part.committed(offset, metadata)
-            skipped[f"{tp.topic}[{tp.partition}]"] = sum(b - a + 1 for a, b in runs)
-        if skipped:
-            log.info("skipping records finished by the last owner", extra={"finished": skipped})
 
     async def _release(self, parts: list[PartitionState], timeout_s: float, *, why: str) -> None:
         """Stop fetching ``parts``, drain them, commit their finished prefix, drop the rest."""
@@ -454,8 +410,8 @@ class Worker:
         released = window.release_unstarted(parts) if why == "revoke" else 0
         done = await drained(parts, timeout_s)
         committed = await self.commit(parts)
-        if why == "shutdown" and not committed:
-            self._abandoned.append(f"the final commit of {len(parts)} partitions")
+        if self._stop is not None and not committed:
+            self._stop.abandon(f"the final commit of {len(parts)} partitions")
         abandoned = window.close(parts)
         self.metrics.partitions_assigned.set(len(window.parts))
         self.metrics.partitions_paused.set(len(window.paused))
@@ -473,52 +429,32 @@ class Worker:
 
     # -- shutdown ---------------------------------------------------------------------
     async def _shutdown(self) -> None:
-        """Drain, commit, leave, flush, close: all within ``shutdown_timeout_s``."""
+        """Drain, commit, leave, flush, close: all within ``shutdown_timeout_s``
+        (:mod:`~streamsynth.kafka.shutdown`)."""
         self.health.mark_stopping()
-        budget = self.settings.worker.shutdown_timeout_s
-        started = time.monotonic()
-        self._stop_by = started + budget
+        stop = self._stop = Shutdown(self.settings.worker.shutdown_timeout_s)
         run = self._run
         try:
             if run is not None and self.window.parts:
                 parts = list(self.window.parts.values())
-                # The drain may not eat the time the commit and the goodbyes need.
-                drain_s = budget - min(SHUTDOWN_RESERVE_MAX_S, budget * SHUTDOWN_RESERVE)
-                await self._release(parts, drain_s, why="shutdown")
+                await self._release(parts, stop.deadline.drain_s(), why="shutdown")
         finally:
             if run is not None:
-                await self._stop_clients(run)
+                await stop.stop_clients(run.source, run.sink, run.runner.teardown())
             await self._close_client()
-        if self._abandoned:
-            log.error(
-                f"shutdown incomplete after {time.monotonic() - started:.1f} s "
-                f"(shutdown_timeout_s: {budget:g}); abandoned: {'; '.join(self._abandoned)}. "
-                "Nothing unfinished was committed: the next owner redoes it.",
-                extra={"abandoned": self._abandoned},
-            )
-            self.exit_code = self.exit_code or SHUTDOWN_INCOMPLETE_EXIT_CODE
+        if stop.report(log):
+            self.exit_code = self.exit_code or INCOMPLETE_EXIT_CODE
         log.info("worker stopped")
-
-    async def _stop_clients(self, run: _Running) -> None:
-        if not await run.source.stop(self._step_timeout(COMMIT_TIMEOUT_S)):
-            self._abandoned.append("leaving the consumer group (the broker did not answer)")
-        if not await run.sink.stop(self._step_timeout(COMMIT_TIMEOUT_S)):
-            self._abandoned.append("the producer flush (unacknowledged records stay unfinished)")
-        try:
-            await asyncio.wait_for(run.runner.teardown(), self._step_timeout(COMMIT_TIMEOUT_S))
-        except TimeoutError:
-            self._abandoned.append("the stages' teardown")
 
     async def _close_client(self) -> None:
         if self._own_client and self.client is not None:
             aclose = getattr(self.client, "aclose", None)
             if aclose is not None:
-                try:
-                    await asyncio.wait_for(aclose(), self._step_timeout(COMMIT_TIMEOUT_S))
-                except TimeoutError:
-                    self._abandoned.append("closing the LLM client")
-                except Exception:  # closing must not mask the stop
-                    log.debug("LLM client close failed", exc_info=True)
+                with contextlib.suppress(Exception):  # closing must not mask the stop
+                    if self._stop is None:
+                        await aclose()
+                    else:
+                        await self._stop.step("closing the LLM client", aclose())
 
 
 def _names(tps: Iterable[TopicPartition]) -> list[str]:
