@@ -26,9 +26,11 @@ over finished attempts).
    twice the medians' standard errors, means "past the knee": ``L`` goes back to
    ``L0``, holds there for ``hold_windows`` windows, then probes ``probe_step``
    (10 %) higher again. The limit therefore settles at the knee, within one probe
-   step above it. If latency at an unchanged limit rises by ``latency_tolerance``
-   (50 %) over what it was when that limit was accepted (the server slowed,
-   another client arrived), ``L`` is cut by 10 % and re-probed.
+   step above it; a probe whose extra slots were never filled (the client had no
+   more to send) is withdrawn the same way. If latency at an unchanged limit
+   rises by ``latency_tolerance`` (50 %) over what it was when that limit was
+   accepted (the server slowed, another client arrived), ``L`` is cut by 10 % and
+   re-probed.
    Comparing against a plain "unloaded baseline" would not do: a batching
    server's latency rises long before its queue does. A window in which fewer
    than 90 % of the slots were ever used does not probe upward (no evidence).
@@ -516,6 +518,12 @@ class AdaptiveLimiter:
         latency, spread = window.latency_stats()
         probe = self._probing_from
         self._probing_from = None
+        if probe is not None and window.peak_inflight < _USED_SHARE * window.limit:
+            # The probe's slots were never filled: no evidence that more helps. Go back.
+            self._accepted = probe
+            self._holds = self._hold_windows
+            self._set(probe.limit)
+            return
         if probe is not None:
             after = _Point(window.limit, latency, spread)
             if _queueing(probe, after, self._knee_e):
