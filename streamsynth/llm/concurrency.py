@@ -111,6 +111,10 @@ class _Window:
     successes: int = 0
     overloads: int = 0
     peak_inflight: int = 0
+    #: Slots in use at each start once settled, and those starts: their mean says
+    #: whether the limit was the bound.
+    inflight_sum: int = 0
+    settled_starts: int = 0
     #: Attempts started in it; once ``limit`` have, the population in flight is all
     #: new (the transient after a change is over) and latencies are measured.
     started: int = 0
@@ -336,6 +340,9 @@ class AdaptiveLimiter:
         window.started += 1
         if window.started == window.limit and window.settled_at == math.inf:
             window.settled_at = self._clock()
+        if window.settled_at != math.inf:
+            window.inflight_sum += self._inflight
+            window.settled_starts += 1
         self._observer.on_inflight(endpoint=self.endpoint, inflight=self._inflight)
 
     def release(self) -> None:
@@ -518,7 +525,7 @@ class AdaptiveLimiter:
         latency, spread = window.latency_stats()
         probe = self._probing_from
         self._probing_from = None
-        if probe is not None and window.peak_inflight < _USED_SHARE * window.limit:
+        if probe is not None and not _filled(window):
             # The probe's slots were never filled: no evidence that more helps. Go back.
             self._accepted = probe
             self._holds = self._hold_windows
@@ -541,7 +548,7 @@ class AdaptiveLimiter:
             return
         elif self._accepted.latency is None or self._accepted.limit != window.limit:
             self._accepted = _Point(window.limit, latency)
-        if self._holds > 0 or window.peak_inflight < _USED_SHARE * window.limit:
+        if self._holds > 0 or not _filled(window):
             # Holding after a rejected probe, or demand did not fill the slots (no evidence).
             self._holds = max(0, self._holds - 1)
             self._open_window()
@@ -615,6 +622,13 @@ def _matured(window: _Window, now: float, slowest: float) -> bool:
     if waited >= 10.0 * slowest + 1.0:
         return True
     return waited >= slowest and window.finished >= _MATURE_SHARE * window.started
+
+
+def _filled(window: _Window) -> bool:
+    """Were the window's slots in use (on average, at each start) -- was it the bound?"""
+    if window.settled_starts == 0:
+        return window.peak_inflight >= _USED_SHARE * window.limit
+    return window.inflight_sum / window.settled_starts >= _USED_SHARE * window.limit
 
 
 def _sigma(share: float, n: int) -> float:
