@@ -184,16 +184,22 @@ def test_aiokafka_debug_auth_line_never_carries_the_sasl_password() -> None:
     assert repr(SECRET.encode())[2:-1] in repr(struct)  # the leak this test guards against
     ours, theirs = io.StringIO(), io.StringIO()
     foreign = logging.StreamHandler(theirs)
+    # Earlier tests in the session may have quietened aiokafka (the CLI sets its logger
+    # to CRITICAL): this test needs the DEBUG line to be emitted at all.
+    conn_log = logging.getLogger("aiokafka.conn")
+    saved = (conn_log.level, conn_log.propagate, conn_log.disabled)
+    conn_log.setLevel(logging.DEBUG)
+    conn_log.propagate, conn_log.disabled = True, False
     handler = configure_logging(LoggingSettings(level="DEBUG", format="json"), ours)
     logging.getLogger().addHandler(foreign)
     register_secret(SECRET)
     try:
-        logging.getLogger("aiokafka.conn").debug(
-            "Request to %s:%d %d: %s", "127.0.0.1", 9092, 7, struct
-        )
+        conn_log.debug("Request to %s:%d %d: %s", "127.0.0.1", 9092, 7, struct)
     finally:
         logging.getLogger().removeHandler(foreign)
         logging.getLogger().removeHandler(handler)
+        conn_log.setLevel(saved[0])
+        conn_log.propagate, conn_log.disabled = saved[1], saved[2]
         clear_secrets()
     for text in (ours.getvalue(), theirs.getvalue()):
         assert "SaslAuthenticateRequest" in text and REDACTED in text
