@@ -103,3 +103,46 @@ def test_readiness_follows_the_llm_going_down_and_coming_back(
         worker.stop()
         sim.stop()
     assert worker.proc is not None and worker.proc.returncode == 0, worker.log_text()[-2000:]
+
+
+def test_readiness_is_503_while_every_endpoint_circuit_is_open(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A server that answers /models but fails every chat: the breaker opens, /readyz says
+    so; the same port serving again closes it on the next probe request."""
+    from streamsynth.local.llm_simulator import FaultConfig, SimulatorConfig, SimulatorProcess
+    from streamsynth.testing.harness import doc, produce
+
+    topics = Topics.make(["summary"])
+    asyncio.run(topics.create(kafka_bootstrap, partitions=1))
+    port = free_port()
+    failing = SimulatorProcess(SimulatorConfig(port=port, faults=FaultConfig(rate_500=1.0)))
+    url = failing.start()
+    cfg = worker_config(
+        kafka_bootstrap,
+        topics,
+        url,
+        [custom_stage("summary", topics.outputs["summary"])],
+        llm__breaker_failures=3,
+        llm__breaker_reset_s=1,
+        llm__max_attempts=1000,
+        llm__deadline_s=120,
+    )
+    worker = WorkerProcess(cfg, tmp_path).start()
+    healthy = SimulatorProcess(SimulatorConfig(port=port))
+    try:
+        mport = _metrics_port(worker)
+        _wait_status(mport, "/readyz", 200, 30)  # /models answers: reachable
+        asyncio.run(produce(kafka_bootstrap, topics.input, [doc(i) for i in range(5)]))
+        body = _wait_status(mport, "/readyz", 503, 15)
+        assert "circuit is open" in body, body
+        assert _get(mport, "/healthz")[0] == 200
+        failing.stop()
+        assert healthy.start() == url
+        # The records are still retrying: a half-open probe succeeds and closes the circuit.
+        _wait_status(mport, "/readyz", 200, 15)
+    finally:
+        worker.stop()
+        failing.stop()
+        healthy.stop()
+    assert worker.proc is not None and worker.proc.returncode == 0, worker.log_text()[-2000:]
