@@ -280,14 +280,14 @@ def demo_command(
     ] = False,
     records: Annotated[
         int, typer.Option("--records", "-n", min=1, max=8, help="How many sample documents.")
-    ] = 8,
+    ] = 4,
     show: Annotated[int, typer.Option(min=0, help="How many generated records to print.")] = 3,
     timeout: Annotated[
         float, typer.Option(min=1.0, help="Wall-clock bound in seconds for the processing.")
     ] = 600.0,
     max_tokens: Annotated[
         int, typer.Option(min=16, max=1024, help="Answer length cap per request.")
-    ] = 192,
+    ] = 128,
     output_dir: Annotated[
         Path | None,
         typer.Option(help="Also write the generated records (JSONL) and summary.json here."),
