@@ -71,7 +71,17 @@ class Sampling:
     stop: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+# The tutorial's sampling: temperature 0.5, top_p 0.9; max_tokens 1600 for the four
+# high-quality tasks (its GENERATION_CONFIG, not the per-task output budgets, which it
+# declares but never uses) and 512 for Wikipedia (the low-quality script). Its stop
+# list is the literal string "['</s>']"; ``fixes`` sends the list it means.
+_HQ = Sampling(temperature=0.5, top_p=0.9, max_tokens=1600, stop=("</s>",))
+_LQ = Sampling(temperature=0.5, top_p=0.9, max_tokens=512, stop=("</s>",))
+#: The stop string exactly as the tutorial sends it (``curator_compat: exact``).
+TUTORIAL_STOP = "['</s>']"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskSpec:
     """One Nemotron-CC task as data: prompts, budgets (tokens), post-processing, sampling.
 
@@ -86,30 +96,25 @@ class TaskSpec:
     task: str
     class_name: str
     stage_name: str
-    system_prompt: str
     prompt: str
     output_field: str
-    min_document_tokens: int
-    min_segment_tokens: int
     max_input_tokens: int
     max_output_tokens: int
-    truncation_tokens: int
-    min_output_tokens: int
-    prefix: str | None
-    unit: Literal["document", "segment"]
     postprocess: TaskPostprocess
-    sampling: Sampling
+    min_output_tokens: int = 50
+    min_document_tokens: int = 30
+    min_segment_tokens: int = 30
+    system_prompt: str = prompts.SYSTEM_PROMPT
+    prefix: str | None = None
+    unit: Literal["document", "segment"] = "segment"
+    sampling: Sampling = _HQ
     max_document_tokens: int | None = None
 
+    @property
+    def truncation_tokens(self) -> int:
+        """The longest answer not treated as truncated: the output budget minus 2."""
+        return self.max_output_tokens - 2
 
-# The tutorial's sampling: temperature 0.5, top_p 0.9; max_tokens 1600 for the four
-# high-quality tasks (its GENERATION_CONFIG, not the per-task output budgets, which it
-# declares but never uses) and 512 for Wikipedia (the low-quality script). Its stop
-# list is the literal string "['</s>']"; ``fixes`` sends the list it means.
-_HQ = Sampling(temperature=0.5, top_p=0.9, max_tokens=1600, stop=("</s>",))
-_LQ = Sampling(temperature=0.5, top_p=0.9, max_tokens=512, stop=("</s>",))
-#: The stop string exactly as the tutorial sends it (``curator_compat: exact``).
-TUTORIAL_STOP = "['</s>']"
 
 # Token budgets as NeMo Curator's Nemotron-CC tutorial configures them; every truncation
 # threshold is the output budget minus 2.
@@ -120,15 +125,12 @@ TASK_SPECS: dict[str, TaskSpec] = {
             task="wikipedia_paraphrasing",
             class_name="WikipediaParaphrasingStage",
             stage_name="WikipediaParaphrasing",
-            system_prompt=prompts.SYSTEM_PROMPT,
             prompt=prompts.WIKIPEDIA_PARAPHRASING_PROMPT,
             output_field="rephrased",
             min_document_tokens=5,
             min_segment_tokens=5,
             max_input_tokens=512,
             max_output_tokens=512,
-            truncation_tokens=510,
-            min_output_tokens=50,
             prefix=prompts.WIKIPEDIA_PREFIX,
             unit="document",
             postprocess=paraphrase_chain,
@@ -138,19 +140,13 @@ TASK_SPECS: dict[str, TaskSpec] = {
             task="diverse_qa",
             class_name="DiverseQAStage",
             stage_name="DiverseQA",
-            system_prompt=prompts.SYSTEM_PROMPT,
             prompt=prompts.DIVERSE_QA_PROMPT,
             output_field="diverse_qa",
-            min_document_tokens=30,
-            min_segment_tokens=30,
             max_input_tokens=1000,
             max_output_tokens=600,
-            truncation_tokens=598,
             min_output_tokens=100,
             prefix=prompts.DIVERSE_QA_PREFIX,
-            unit="segment",
             postprocess=diverse_qa_chain,
-            sampling=_HQ,
         ),
         TaskSpec(
             task="distill",
@@ -159,52 +155,31 @@ TASK_SPECS: dict[str, TaskSpec] = {
             system_prompt=prompts.DISTILL_SYSTEM_PROMPT,
             prompt=prompts.DISTILL_PROMPT,
             output_field="distill",
-            min_document_tokens=30,
             min_segment_tokens=10,
             max_input_tokens=2000,
             max_output_tokens=1600,
-            truncation_tokens=1598,
-            min_output_tokens=50,
             prefix=prompts.DISTILL_PREFIX,
-            unit="segment",
             postprocess=paraphrase_chain,
-            sampling=_HQ,
         ),
         TaskSpec(
             task="extract_knowledge",
             class_name="ExtractKnowledgeStage",
             stage_name="ExtractKnowledge",
-            system_prompt=prompts.SYSTEM_PROMPT,
             prompt=prompts.EXTRACT_KNOWLEDGE_PROMPT,
             output_field="extract_knowledge",
-            min_document_tokens=30,
-            min_segment_tokens=30,
             max_input_tokens=1400,
             max_output_tokens=1400,
-            truncation_tokens=1398,
-            min_output_tokens=50,
-            prefix=None,
-            unit="segment",
             postprocess=extract_knowledge_chain,
-            sampling=_HQ,
         ),
         TaskSpec(
             task="knowledge_list",
             class_name="KnowledgeListStage",
             stage_name="KnowledgeList",
-            system_prompt=prompts.SYSTEM_PROMPT,
             prompt=prompts.KNOWLEDGE_LIST_PROMPT,
             output_field="knowledge_list",
-            min_document_tokens=30,
-            min_segment_tokens=30,
             max_input_tokens=1000,
             max_output_tokens=600,
-            truncation_tokens=598,
-            min_output_tokens=50,
-            prefix=None,
-            unit="segment",
             postprocess=knowledge_list_chain,
-            sampling=_HQ,
         ),
     )
 }
