@@ -111,9 +111,9 @@ class _Window:
     successes: int = 0
     overloads: int = 0
     peak_inflight: int = 0
-    #: Slots in use at each start once settled, and those starts: their mean says
-    #: whether the limit was the bound.
-    inflight_sum: int = 0
+    #: Starts once settled, and those that found (nearly) every slot taken: the share
+    #: says whether the limit was the bound.
+    full_starts: int = 0
     settled_starts: int = 0
     #: Attempts started in it; once ``limit`` have, the population in flight is all
     #: new (the transient after a change is over) and latencies are measured.
@@ -341,8 +341,9 @@ class AdaptiveLimiter:
         if window.started == window.limit and window.settled_at == math.inf:
             window.settled_at = self._clock()
         if window.settled_at != math.inf:
-            window.inflight_sum += self._inflight
             window.settled_starts += 1
+            if self._inflight >= _USED_SHARE * window.limit:
+                window.full_starts += 1
         self._observer.on_inflight(endpoint=self.endpoint, inflight=self._inflight)
 
     def release(self) -> None:
@@ -625,10 +626,10 @@ def _matured(window: _Window, now: float, slowest: float) -> bool:
 
 
 def _filled(window: _Window) -> bool:
-    """Were the window's slots in use (on average, at each start) -- was it the bound?"""
+    """Was the limit the bound: did most starts find (nearly) every slot taken?"""
     if window.settled_starts == 0:
         return window.peak_inflight >= _USED_SHARE * window.limit
-    return window.inflight_sum / window.settled_starts >= _USED_SHARE * window.limit
+    return window.full_starts >= 0.5 * window.settled_starts
 
 
 def _sigma(share: float, n: int) -> float:
