@@ -118,9 +118,10 @@ class EndpointPool:
         A full home (no free slot) keeps the request while its load is below its share
         (``share_slack`` x the mean load, and at least 1): everyone is busy, and queueing
         where the prefix is cached beats a prefill elsewhere. Beyond it the request
-        spills, always to the key's *second* replica (if that one is less loaded), so a
-        hot stage's overflow meets its prefix cached on one more replica, not on all of
-        them (consistent hashing with bounded loads)."""
+        spills to the next replica of the key's ranking that is below that share (the
+        second, while it has room), so a hot stage's overflow meets its prefix cached on
+        as few replicas as its load needs, and a lone stage still fills the whole fleet
+        (consistent hashing with bounded loads)."""
         now = self._clock()
         ranked = [ep for ep in self._ranking(key) if ep.admits(now)]
         if not ranked:
@@ -130,8 +131,9 @@ class EndpointPool:
         if len(healthy) > 1 and home.load() >= 1.0:
             loads = [ep.load() for ep in healthy]
             bound = max(1.0, self.share_slack * sum(loads) / len(loads))
-            if home.load() >= bound and healthy[1].load() < home.load():
-                chosen = healthy[1]
+            if home.load() >= bound:
+                below = (ep for ep in healthy[1:] if ep.load() < bound)
+                chosen = next(below, min(healthy, key=lambda ep: ep.load()))
         route = "home" if chosen is home else "spill"
         self._observer.on_route(model_group=self.name, endpoint=chosen.url, route=route)
         chosen.dispatched()

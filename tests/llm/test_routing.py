@@ -96,6 +96,22 @@ def test_a_full_home_spills_to_the_keys_second_replica_beyond_its_share() -> Non
     assert pool.choose(key=key) is home
 
 
+def test_a_lone_hot_key_fills_every_replica_in_its_ranking_order() -> None:
+    # One stage is the common deployment: its overflow must reach the whole fleet, not
+    # queue on two replicas while the others idle.
+    clock = Clock()
+    pool = _pool(4, clock, limit=2)
+    key = KEYS[0]
+    taken = []
+    # 7 of the fleet's 8 slots: the last may stay home (its share: 1.25 x the mean load).
+    for _ in range(7):
+        ep = pool.choose(key=key)
+        assert ep.limiter.try_acquire(), f"sent to full {ep.url} after {[e.url for e in taken]}"
+        taken.append(ep)
+    ranking = pool.ranking(key)
+    assert taken == [ep for ep in ranking for _ in range(2)][:7]  # in the key's order
+
+
 def test_an_open_circuit_moves_only_its_keys_and_they_come_back() -> None:
     clock = Clock()
     pool = _pool(4, clock)
