@@ -384,12 +384,14 @@ class TopicReader:
         validate: Collection[str] = (),
         validate_outputs: bool = True,
         keep: bool = True,
+        isolation_level: str = "read_uncommitted",
     ) -> None:
         self.conn = connection(target)
         self.topics = topics
         self.validate = set(validate)
         self.validate_outputs = validate_outputs
         self.keep = keep
+        self.isolation_level = isolation_level
         self.records: dict[str, list[Received]] = {t: [] for t in topics}
         self.counts: dict[str, int] = dict.fromkeys(topics, 0)
         self._consumer: AIOKafkaConsumer | None = None
@@ -397,6 +399,7 @@ class TopicReader:
     async def __aenter__(self) -> TopicReader:
         self._consumer = self.conn.consumer(
             group_id=None,
+            isolation_level=self.isolation_level,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=32 * 1024 * 1024,

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from streamsynth.testing.harness import TopicReader, _partitions
+from streamsynth.testing.harness import TopicReader
 
 
 class CommittedReader(TopicReader):
@@ -20,23 +20,8 @@ class CommittedReader(TopicReader):
     """
 
     def __init__(self, target: Any, topics: list[str]) -> None:
-        super().__init__(target, topics)
+        super().__init__(target, topics, isolation_level="read_committed")
         self.copies: Counter[str] = Counter()
-
-    async def __aenter__(self) -> CommittedReader:
-        self._consumer = self.conn.consumer(
-            group_id=None,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=32 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-        )
-        await self._consumer.start()
-        tps = await _partitions(self._consumer, self.topics)
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        return self
 
     async def poll(self, timeout_ms: int = 200) -> int:
         before = {topic: len(records) for topic, records in self.records.items()}
