@@ -23,6 +23,7 @@ from streamsynth.llm.factory import build_llm_client
 from streamsynth.llm.types import ChatRequest
 from streamsynth.metrics.registry import Metrics, PrometheusLLMObserver
 from streamsynth.redact import REDACTED, clear_secrets, is_secret_field, redact
+from streamsynth.testing.stub import chat_stub
 
 #: Latin-1 non-ASCII (it must travel in an HTTP header) and backslashes.
 API_KEY = "kéy\\Sécrêt\\ü-0042-zq"
@@ -64,17 +65,8 @@ class EchoServer:
 @pytest.fixture
 async def echo() -> AsyncIterator[tuple[EchoServer, str]]:
     server = EchoServer()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield server, f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with chat_stub(server.handle) as url:
+        yield server, url
 
 
 def _config(base_url: str) -> dict[str, Any]:

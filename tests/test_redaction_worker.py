@@ -24,6 +24,7 @@ from streamsynth.testing.harness import (
     scrape,
     worker_config,
 )
+from streamsynth.testing.stub import chat_stub
 
 #: Latin-1 non-ASCII (it travels in the Authorization header) and backslashes.
 API_KEY = "wkr-kéy\\Sécrêt\\ü-77-qz"
@@ -56,17 +57,8 @@ async def _echo(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def echo_url() -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", _echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with chat_stub(_echo) as url:
+        yield url
 
 
 async def test_an_echoed_key_is_absent_from_debug_logs_dlq_headers_and_metrics(

@@ -14,6 +14,7 @@ from streamsynth.llm.errors import EmptyOutputError
 from streamsynth.llm.factory import build_llm_client
 from streamsynth.llm.observer import LLMObserver
 from streamsynth.llm.types import ChatRequest, GenerationConfig
+from streamsynth.testing.stub import chat_stub
 
 TOOL_CALL = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
 
@@ -62,17 +63,8 @@ class Unknown(LLMObserver):
 @pytest.fixture
 async def stub() -> AsyncIterator[tuple[Stub, str]]:
     server = Stub()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield server, f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with chat_stub(server.handle) as url:
+        yield server, url
 
 
 def _settings(url: str) -> LLMSettings:

@@ -23,6 +23,7 @@ from streamsynth.testing.harness import (
     produce,
     worker_config,
 )
+from streamsynth.testing.stub import chat_stub
 
 E = "streamsynth.error."
 TOOL_CALL = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
@@ -63,17 +64,8 @@ async def _answer(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def shapes_url() -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", _answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with chat_stub(_answer) as url:
+        yield url
 
 
 async def test_odd_answer_shapes_end_as_outputs_with_text_or_typed_dead_letters(
