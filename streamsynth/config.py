@@ -216,7 +216,9 @@ class LLMSettings(_Section):
     #: Attempts in flight over every group together (None: only the per-replica bounds).
     global_max_concurrency: int | None = Field(default=None, ge=1)
     provider: str = "openai"
-    transport: Literal["aiohttp", "openai"] = "aiohttp"
+    #: http1: our lean HTTP/1.1 pool (the least CPU per request); aiohttp: aiohttp's
+    #: ClientSession; openai: the official SDK (refused above 256 in flight).
+    transport: Literal["http1", "aiohttp", "openai"] = "http1"
     #: Per endpoint. vLLM runs up to 1024 sequences at once on an H100/H200 by default
     #: (``max_num_seqs``); the adaptive limit ramps up from 32 and settles at the knee.
     max_concurrency: int = Field(default=1024, ge=1)

@@ -35,6 +35,7 @@ from streamsynth.llm.ratelimit import RateLimiter, TokenBucket
 from streamsynth.llm.resilient import ResilientClient
 from streamsynth.llm.retry import RetryPolicy
 from streamsynth.llm.transports.aiohttp import AiohttpChatClient
+from streamsynth.llm.transports.http1 import Http1ChatClient
 from streamsynth.llm.types import ChatRequest, ChatResult, GenerationConfig, Message, Usage
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ __all__ = [
     "Endpoint",
     "EndpointPool",
     "GenerationConfig",
+    "Http1ChatClient",
     "LLMClient",
     "LLMConnectionError",
     "LLMError",

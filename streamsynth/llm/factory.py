@@ -1,8 +1,8 @@
 """Build the worker's one LLM client from its settings.
 
 ``build_llm_client(settings.llm)`` returns a :class:`ResilientClient` over one
-transport per base URL (raw aiohttp by default, the OpenAI SDK with
-``transport: openai``). Every limit in :class:`LLMSettings` that is per endpoint
+transport per base URL (our HTTP/1.1 pool by default; aiohttp or the OpenAI SDK with
+``transport: aiohttp|openai``). Every limit in :class:`LLMSettings` that is per endpoint
 (``max_concurrency``, ``rpm``, ``tpm``, the breaker) applies to each base URL
 separately: several URLs are replicas, each with its own capacity. Each model
 group (``llm.models``, or the ``base_url(s)`` + ``model`` shorthand) gets its own
@@ -45,9 +45,18 @@ def build_transport(settings: LLMSettings, base_url: str, api_key: str) -> Async
             timeout_s=settings.timeout_s,
             max_connections=settings.max_concurrency,
         )
-    from streamsynth.llm.transports.aiohttp import AiohttpChatClient
+    if settings.transport == "aiohttp":
+        from streamsynth.llm.transports.aiohttp import AiohttpChatClient
 
-    return AiohttpChatClient(
+        return AiohttpChatClient(
+            base_url,
+            api_key,
+            timeout_s=settings.timeout_s,
+            max_connections=settings.max_concurrency,
+        )
+    from streamsynth.llm.transports.http1 import Http1ChatClient
+
+    return Http1ChatClient(
         base_url,
         api_key,
         timeout_s=settings.timeout_s,

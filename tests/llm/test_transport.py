@@ -20,6 +20,7 @@ from streamsynth.llm import (
     ChatRequest,
     EmptyChoicesError,
     GenerationConfig,
+    Http1ChatClient,
     LLMConnectionError,
     LLMTimeoutError,
     MalformedResponseError,
@@ -32,6 +33,7 @@ from streamsynth.local.llm_simulator import FaultConfig, LLMSimulator, Simulator
 
 ASYNC_CLIENTS: dict[str, Callable[[str], AsyncLLMClient]] = {
     "aiohttp": lambda url: AiohttpChatClient(url, api_key="k-123", timeout_s=10),
+    "http1": lambda url: Http1ChatClient(url, api_key="k-123", timeout_s=10),
     "openai": lambda url: AsyncOpenAIClient(url, api_key="k-123", timeout_s=10),
 }
 
@@ -208,7 +210,7 @@ async def test_per_request_timeout(client: AsyncLLMClient) -> None:
     assert time.perf_counter() - start < 2.0
 
 
-@pytest.mark.parametrize("cls", [AiohttpChatClient, AsyncOpenAIClient])
+@pytest.mark.parametrize("cls", [AiohttpChatClient, Http1ChatClient, AsyncOpenAIClient])
 async def test_client_default_timeout(
     llm_sim: LLMSimulator, cls: type[AiohttpChatClient | AsyncOpenAIClient]
 ) -> None:
