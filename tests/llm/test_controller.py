@@ -163,3 +163,105 @@ def test_real_overload_still_cuts_under_noise() -> None:
     late = run.limits_between(200.0, 300.0)
     assert max(late) <= 300, max(late)
     assert min(late) >= 100, min(late)
+
+
+class BatchStepServer:
+    """A serving engine in the manner of ``streamsynth.local.serving``: up to ``slots``
+    sequences run, the rest wait (FIFO); every running sequence gains one token per
+    decode step, and a step takes ``base_s + per_seq_s * running``. Every answer has
+    ``tokens`` tokens, so a batch admitted at once finishes at once (the case where a
+    median latency hides a short queue)."""
+
+    def __init__(self, slots: int, tokens: int = 128, base_s: float = 0.008) -> None:
+        self.slots, self.tokens, self.base_s, self.per_seq_s = slots, tokens, base_s, 0.00006
+        self.now = 0.0
+        self.steps = 0.0  # decode steps so far
+        self.generated = 0
+        self._running: list[tuple[float, int, float]] = []  # (finish step, order, started)
+        self._waiting: deque[float] = deque()
+        self._order = itertools.count()
+
+    def step_s(self, running: int) -> float:
+        return self.base_s + self.per_seq_s * running
+
+    def capacity_tokens_per_s(self) -> float:
+        return self.slots / self.step_s(self.slots)
+
+    def next_done(self) -> float:
+        if not self._running:
+            return float("inf")
+        return self.now + (self._running[0][0] - self.steps) * self.step_s(len(self._running))
+
+    def advance(self, when: float) -> None:
+        """Decode until ``when`` (no sequence finishes before it)."""
+        if self._running:
+            self.steps += (when - self.now) / self.step_s(len(self._running))
+        self.now = when
+
+    def pop_done(self) -> float:
+        """Finish the next sequence (at :meth:`next_done`); returns when it was sent."""
+        self.steps, _, started = heapq.heappop(self._running)
+        self.generated += self.tokens
+        self._admit()
+        return started
+
+    def submit(self, started: float) -> None:
+        self._waiting.append(started)
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._running) < self.slots:
+            finish = self.steps + self.tokens
+            heapq.heappush(self._running, (finish, next(self._order), self._waiting.popleft()))
+
+
+def run_batch_server(
+    server: BatchStepServer, end: float, *, demand: int, reply_s: float = 0.01, **kw: object
+) -> tuple[AdaptiveLimiter, list[tuple[float, int, int]]]:
+    """A closed-loop client (``demand`` requests always ready) behind the limiter; each
+    answer reaches it after a seeded random delay (the client's own latency). Returns
+    the limiter and samples (time, limit, tokens generated so far) at each answer."""
+    rng = random.Random(7)
+    limiter = AdaptiveLimiter("batch", clock=lambda: server.now, **kw)  # type: ignore[arg-type]
+    replies: list[tuple[float, int, float]] = []
+    order = itertools.count()
+    samples: list[tuple[float, int, int]] = []
+
+    def fill() -> None:
+        while limiter.inflight < demand and limiter.try_acquire():
+            server.submit(server.now)
+
+    fill()
+    while True:
+        reply_at = replies[0][0] if replies else float("inf")
+        done_at = server.next_done()
+        if min(reply_at, done_at) > end:
+            return limiter, samples
+        if done_at <= reply_at:
+            server.advance(done_at)
+            started = server.pop_done()
+            delay = rng.expovariate(1.0 / reply_s)
+            heapq.heappush(replies, (server.now + delay, next(order), started))
+            continue
+        _, _, started = heapq.heappop(replies)
+        server.advance(reply_at)
+        limiter.release()
+        limiter.on_success(started)
+        samples.append((server.now, limiter.limit, server.generated))
+        fill()
+
+
+def test_settles_at_the_knee_of_a_batch_stepped_server_with_equal_answers() -> None:
+    # 256 slots; latency rises 2.2x from one request to a full batch before any queue
+    # forms, so only the rise beyond the slots (the queue) may stop the limit.
+    server = BatchStepServer(slots=256)
+    limiter, samples = run_batch_server(server, 400.0, demand=4096, max_limit=4096)
+    late = [(t, lim, gen) for t, lim, gen in samples if t >= 200.0]
+    limits = [lim for _, lim, _ in late]
+    mean = sum(limits) / len(limits)
+    assert 0.9 * 256 <= mean <= 1.1 * 256, mean  # settled within 10 % of the knee
+    assert min(limits) >= 0.9 * 256 and max(limits) <= 1.15 * 256, (min(limits), max(limits))
+    assert limiter.state().knee is not None
+    # And every slot stays busy: the server generates at (nearly) its capacity.
+    goodput = (late[-1][2] - late[0][2]) / (late[-1][0] - late[0][0])
+    assert goodput >= 0.97 * server.capacity_tokens_per_s(), goodput

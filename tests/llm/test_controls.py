@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,17 +135,19 @@ def test_aimd_decreases_once_per_window_and_recovers() -> None:
     assert lim.on_overload(clock())  # ... so an attempt started after it counts again
     assert lim.limit == 18
     assert lim.ready_at() >= clock() + 1.9  # the cooldown a 429 retry waits for
-    # Clean windows after the cooldown, every slot busy: the limit climbs back, never
-    # above the ceiling.
+    # Clean windows after the cooldown, every slot busy (a server answering in 0.5 s,
+    # one answer per 10 ms at most): the limit climbs back, never above the ceiling.
     successes = 0
+    sent: deque[float] = deque()
     while lim.limit < 32 and successes < 10_000:
         while lim.try_acquire():
-            pass
+            sent.append(clock())
         clock.advance(0.01)
-        lim.release()
-        lim.on_success(clock() - 0.5)
-        successes += 1
-    assert lim.limit == 32 and successes < 2_000
+        if sent and sent[0] <= clock() - 0.5:
+            lim.release()
+            lim.on_success(sent.popleft())
+            successes += 1
+    assert lim.limit == 32 and successes < 2_000, successes
     assert obs.limits[0] == 32 and min(obs.limits) == 18 and obs.limits[-1] == 32
 
 
