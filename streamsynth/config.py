@@ -456,6 +456,8 @@ class WorkerSettings(_Section):
     commit_interval_s: float = Field(default=1.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     shutdown_timeout_s: float = Field(default=60.0, ge=0)
+    #: auto: uvloop where installed (a fraction of asyncio's CPU per request), else asyncio.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class MetricsSettings(_Section):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
 
 from streamsynth.cli.errors import RUNTIME, USAGE, CliError
+from streamsynth.engine.loop import run as run_loop
 
 
 def llm_sim_command(
@@ -135,7 +135,7 @@ def llm_sim_command(
             max_waiting=max_waiting,
         )
     try:
-        asyncio.run(serve(config))
+        run_loop(serve(config))  # uvloop where installed: the simulator stays cheap
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port} ({exc.strerror})", RUNTIME) from None
     except KeyboardInterrupt:

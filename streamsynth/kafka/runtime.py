@@ -113,12 +113,12 @@ def run(config: str | Path, *, stop_requested: Callable[[], bool] | None = None)
 
 def run_worker(settings: Settings, *, stop_requested: Callable[[], bool] | None = None) -> int:
     """Configure logging, run the worker until a signal, return the process exit code."""
-    import asyncio
     import contextlib
     import logging
 
     from streamsynth.config import ConfigError
     from streamsynth.engine.errors import StageConfigError
+    from streamsynth.engine.loop import run as run_loop
     from streamsynth.kafka.repeats import RepeatFilter
     from streamsynth.logging import configure_logging, register_secret
 
@@ -135,7 +135,9 @@ def run_worker(settings: Settings, *, stop_requested: Callable[[], bool] | None 
         logging.getLogger(LOGGER).info("stop requested during start-up: exiting")
         return EXIT_OK
     try:
-        return asyncio.run(arun_worker(settings, stop_requested=stop_requested))
+        return run_loop(
+            arun_worker(settings, stop_requested=stop_requested), kind=settings.worker.event_loop
+        )
     except (ConfigError, StageConfigError) as exc:  # found while starting (unset api_key_env)
         return config_error(exc)
 

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
+from streamsynth.engine.loop import run as run_loop
 from streamsynth.local.serving import (
     PriorityNotEnabledError,
     QueueFullError,
@@ -930,7 +931,8 @@ def _stop_on_stdin_eof(loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    asyncio.run(serve(_config_from_args(args), exit_on_stdin_eof=args.exit_on_stdin_eof))
+    # uvloop where installed: the simulator must never be what bounds a benchmark.
+    run_loop(serve(_config_from_args(args), exit_on_stdin_eof=args.exit_on_stdin_eof))
 
 
 if __name__ == "__main__":
