@@ -2,9 +2,10 @@
 
 The client answers instantly in-process, so what is measured is the worker's own
 cost per record: fetch, decode, stage, output build, produce with acks=all,
-offset tracking and commits. The broker (embedded Tansu unless
-KAFKA_BOOTSTRAP_SERVERS is set) shares the machine. The goal is 30,000 records/s
-on one core.
+offset tracking and commits. It runs on the event loop ``streamsynth run`` would
+choose (``worker.event_loop``, ``auto``: uvloop where installed; ``--event-loop``).
+The broker (embedded Tansu unless KAFKA_BOOTSTRAP_SERVERS is set) shares the
+machine. The goal is 30,000 records/s on one core.
 
 Run: ``python -m benchmarks.bench_engine [--records N] [--profile FILE]``.
 """
@@ -27,6 +28,8 @@ from typing import Any
 import orjson
 
 from streamsynth.config import Settings, settings_from_dict
+from streamsynth.engine.loop import LoopKind, loop_factory
+from streamsynth.engine.loop import run as run_loop
 from streamsynth.kafka.connection import KafkaConnection
 from streamsynth.kafka.worker import StageSpec, Worker
 from streamsynth.llm.types import ChatRequest, ChatResult, Usage
@@ -64,6 +67,8 @@ class EngineResult:
     max_inflight_records: int
     max_batch_records: int
     broker: str
+    #: The loop's class (uvloop's Loop or asyncio's).
+    event_loop: str
     python: str
     cpu_count: int | None
 
@@ -179,6 +184,7 @@ async def run(records: int, *, inflight: int, batch: int, timeout_s: float) -> E
             max_inflight_records=inflight,
             max_batch_records=batch,
             broker=broker_kind,
+            event_loop=type(asyncio.get_running_loop()).__module__,
             python=platform.python_version(),
             cpu_count=os.cpu_count(),
         )
@@ -190,18 +196,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inflight", type=int, default=5_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+        help="the loop to run on (default: as worker.event_loop's default, auto)",
+    )  # fmt: skip
     parser.add_argument("--profile", default=None, help="write cProfile stats to this file")
     parser.add_argument("--out", default="bench-results/engine.json")
     args = parser.parse_args(argv)
     coro = run(args.records, inflight=args.inflight, batch=args.batch, timeout_s=args.timeout)
+    kind: LoopKind = args.event_loop
+    loop_factory(kind)  # an unavailable loop fails here, before the broker starts
     if args.profile:
         profiler = cProfile.Profile()
-        result = profiler.runcall(asyncio.run, coro)
+        result = profiler.runcall(run_loop, coro, kind=kind)
         profiler.dump_stats(args.profile)
     else:
-        result = asyncio.run(coro)
+        result = run_loop(coro, kind=kind)
     print(
-        f"engine: {result.records} records in {result.elapsed_s:.2f}s = "
+        f"engine ({result.event_loop}): {result.records} records in {result.elapsed_s:.2f}s = "
         f"{result.records_per_s:,.0f} records/s "
         f"({result.ratio_to_target:.2f}x the {TARGET_RPS:,.0f} records/s goal); "
         f"{result.records_per_cpu_s:,.0f} records per CPU-second of the worker"
