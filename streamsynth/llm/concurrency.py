@@ -36,10 +36,16 @@ queued ones come last.
    once the server *queues*, latency grows in proportion to ``L`` (``e`` near 1)
    and throughput is flat. So ``e >= knee_elasticity`` (0.8), with a rise beyond
    twice the means' standard errors, means "past the knee": ``L`` goes back to
-   ``L0``, holds there for ``hold_windows`` windows, then probes ``probe_step``
-   (10 %) higher again. The limit therefore settles at the knee, within one probe
-   step above it; a probe whose extra slots were never filled (the client had no
-   more to send) is withdrawn the same way. If latency at an unchanged limit
+   ``L0`` and holds there for ``hold_windows`` windows. Was ``L0`` itself past
+   the knee? A ramp step that straddles the knee (128 -> 256 for a server with
+   200 slots) mixes both regimes and may stay under the threshold. So the next
+   probe goes one step *down*, to ``L0 / 1.1``: if latency falls in proportion
+   (the same test, read downward), the slots above only queued, the lower limit
+   stays and the next probe goes down again; if not, ``L`` goes back to ``L0``,
+   holds, and the next probe goes up. The limit therefore settles at the knee,
+   between one probe step below and one above it (at the knee a probe down costs
+   a few per cent of throughput for one window). A probe whose extra slots were
+   never filled (the client had no more to send) is withdrawn like a rejected one. If latency at an unchanged limit
    rises by ``latency_tolerance`` (50 %) over what it was when that limit was
    accepted (the server slowed, another client arrived), ``L`` is cut by 10 % and
    re-probed.
@@ -259,6 +265,10 @@ class AdaptiveLimiter:
         self._windows[0].settled_at = self._windows[0].opened
         self._accepted = _Point(self._limit, None)  # the limit we go back to, and its latency
         self._probing_from: _Point | None = None  # set while a probe upward is measured
+        #: Set while a probe downward is measured: the point above it, to go back to.
+        self._probing_down_from: _Point | None = None
+        #: The next probe goes down (an upward one just found the knee).
+        self._look_down = False
         self._holds = 0  # windows to wait before the next probe upward
         self._last_decrease = float("-inf")
         self._cooldown_until = float("-inf")
@@ -545,7 +555,8 @@ class AdaptiveLimiter:
         self._phase = Phase.STEADY
         self._ceiling = before
         self._ceiling_clean = 0
-        self._probing_from = None
+        self._probing_from = self._probing_down_from = None
+        self._look_down = False
         self._accepted = _Point(new, None)
         self._holds = 0
         if new == before:
@@ -558,6 +569,10 @@ class AdaptiveLimiter:
 
     def _decide(self, window: _Window) -> None:
         latency, spread = window.latency_stats()
+        above, self._probing_down_from = self._probing_down_from, None
+        if above is not None:
+            self._judge_down(window, _Point(window.limit, latency, spread), above)
+            return
         probe = self._probing_from
         self._probing_from = None
         if probe is not None and not _filled(window):
@@ -574,6 +589,7 @@ class AdaptiveLimiter:
                 self._accepted = probe
                 self._phase = Phase.STEADY
                 self._holds = self._hold_windows
+                self._look_down = True  # and was that limit past the knee already?
                 self._set(probe.limit)
                 return
             self._accepted = _Point(window.limit, latency)
@@ -588,7 +604,37 @@ class AdaptiveLimiter:
             self._holds = max(0, self._holds - 1)
             self._open_window()
             return
-        self._probe_up(_Point(window.limit, latency, spread))
+        here = _Point(window.limit, latency, spread)
+        if self._look_down:
+            self._probe_down(here)
+        else:
+            self._probe_up(here)
+
+    def _probe_down(self, here: _Point) -> None:
+        """Try one step below: a ramp step that straddled the knee was accepted (its
+        mean elasticity stayed under the threshold) and left the limit above it."""
+        target = max(self.min_limit, math.floor(here.limit / (1.0 + self._probe_step)))
+        if target >= here.limit:
+            self._look_down = False
+            self._open_window()
+            return
+        self._probing_down_from = here
+        self._set(target)
+
+    def _judge_down(self, window: _Window, here: _Point, above: _Point) -> None:
+        if _filled(window) and _queueing(here, above, self._knee_e):
+            # Latency fell in proportion to the limit: the slots above only queued.
+            # Stay here, and look one step further down next.
+            self._knee = here.limit
+            self._accepted = _Point(here.limit, here.latency)
+            self._open_window()
+            return
+        # Fewer slots cost throughput (or demand fell: no evidence): the limit above
+        # was the knee. Go back and hold there; the next probe goes up.
+        self._look_down = False
+        self._accepted = above
+        self._holds = self._hold_windows
+        self._set(above.limit)
 
     def _slowed_down(self, latency: float | None, limit: int) -> bool:
         ref = self._accepted
