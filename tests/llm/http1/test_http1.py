@@ -2,7 +2,9 @@
 
 The shared behaviour of every transport (typed errors, timeouts, several loops) is
 tested in ``test_transport.py``; here is what only a hand-kept pool can get wrong:
-reuse, stale and closed connections, limits, late answers, body framings.
+reuse, stale and closed connections, limits, late answers, body framings. Each test
+runs on asyncio's loop and on uvloop's (``conftest.py``): the worker runs on uvloop
+where it is installed, and uvloop's transports are not asyncio's classes.
 """
 
 from __future__ import annotations
