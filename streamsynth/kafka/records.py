@@ -139,22 +139,29 @@ def output_id(
     for every consumer of that topic. ``parent`` (a chained stage's upstream output,
     ``{"stage", "id"}``) tells apart the outputs made from each upstream row.
     """
-    document = {"id": doc_id} if doc_id is not None else {"source": source}
-    digest = hashlib.sha256(_stage_material(stage, prompt_sha256, model, generation))
-    digest.update(orjson.dumps([document, segment, parent], option=orjson.OPT_SORT_KEYS))
-    return digest.hexdigest()
+    digest = _stage_digest(stage, prompt_sha256, model, generation).copy()
+    if doc_id is not None and segment is None and parent is None:
+        # The common case, the bytes orjson writes for [{"id": doc_id}, None, None].
+        digest.update(b'[{"id":' + orjson.dumps(doc_id) + b"},null,null]")
+    else:
+        document = {"id": doc_id} if doc_id is not None else {"source": source}
+        digest.update(orjson.dumps([document, segment, parent], option=orjson.OPT_SORT_KEYS))
+    ident: str = digest.hexdigest()
+    return ident
 
 
-#: (stage, prompt digest, model, id(generation)) -> (generation, its bytes): every output
-#: of a stage shares these, and the stage hands out one parameters dict per config.
-_STAGE_MATERIAL: dict[tuple[str, str | None, str | None, int], tuple[Any, bytes]] = {}
+#: (stage, prompt digest, model, id(generation)) -> (generation, the SHA-256 state after
+#: their bytes): every output of a stage shares that prefix of its id's material (the
+#: stage hands out one parameters dict per config), so it is hashed once and copied.
+_STAGE_MATERIAL: dict[tuple[str, str | None, str | None, int], tuple[Any, Any]] = {}
 _STAGE_MATERIAL_MAX = 1024
 
 
-def _stage_material(
+def _stage_digest(
     stage: str, prompt_sha256: str | None, model: str | None, generation: Mapping[str, Any] | None
-) -> bytes:
-    """The serialized part of an output_id's material that is the same for a whole stage."""
+) -> Any:
+    """The SHA-256 state after the part of an output_id's material that a whole stage shares
+    (a ``hashlib`` object: copy it, never update it)."""
     key = (stage, prompt_sha256, model, id(generation))
     hit = _STAGE_MATERIAL.get(key)
     if hit is not None and hit[0] is generation:
@@ -163,8 +170,9 @@ def _stage_material(
     if len(_STAGE_MATERIAL) >= _STAGE_MATERIAL_MAX:
         _STAGE_MATERIAL.clear()  # a new config per request (shrunk max_tokens): start over
     # The value holds ``generation`` itself, so its id cannot be reused while cached.
-    _STAGE_MATERIAL[key] = (generation, material)
-    return material
+    digest = hashlib.sha256(material)
+    _STAGE_MATERIAL[key] = (generation, digest)
+    return digest
 
 
 def output_id_of(
@@ -203,16 +211,23 @@ def public_endpoint(url: str) -> str:
 
 
 _second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+_milli: list[Any] = [-1, ""]  # the last millisecond formatted, and its text
 
 
 def produced_at() -> str:
-    """Now, RFC 3339 in UTC with milliseconds (the second's text is formatted once)."""
-    now = time.time()
-    whole = int(now)
+    """Now, RFC 3339 in UTC with milliseconds (each millisecond's text is formatted once:
+    at full speed a worker writes tens of outputs per millisecond)."""
+    ms = int(time.time() * 1000)
+    if ms == _milli[0]:
+        text: str = _milli[1]
+        return text
+    whole, frac = divmod(ms, 1000)
     if whole != _second[0]:
         _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second[0] = whole
-    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+    text = f"{_second[1]}.{frac:03d}Z"
+    _milli[0], _milli[1] = ms, text
+    return text
 
 
 def _lineage(calls: list[LLMCall]) -> tuple[str | None, dict[str, Any] | None, str | None]:
@@ -255,7 +270,75 @@ def build_output(
     ``doc_id`` (see :func:`document_id`), the stage's ``prompt_sha256`` and, for a
     chained stage, ``parent`` (``{"stage", "id"}`` of the upstream output) enter the
     output's ``output_id``.
+
+    The bytes are those of ``orjson.dumps`` of the row with the ``streamsynth`` object
+    added last (:func:`output_meta` in its key order); the part of that object a stage
+    shares (prompt digest, parameters, endpoint, version) is serialized once per stage
+    and spliced in, which halves the cost of an output.
     """
+    data = output.data
+    if META_FIELD in data:
+        # The row has the field already: it keeps its place (and never mutate the row,
+        # it may be shared with other stages' outputs).
+        row = dict(data)
+        row[META_FIELD] = output_meta(
+            output,
+            stage=stage,
+            source=source,
+            segment=segment,
+            doc_id=doc_id,
+            prompt_sha256=prompt_sha256,
+            parent=parent,
+        )
+        return orjson.dumps(row)
+    model, generation, endpoint = _lineage(output.calls)
+    meta = _meta_to_id(output, stage, source, segment, doc_id, prompt_sha256, parent, model)
+    head = orjson.dumps(data)
+    middle, end = _shared_meta(prompt_sha256, generation, endpoint)
+    return b"".join(
+        (
+            head[:-1],
+            b',"streamsynth":' if len(head) > 2 else b'"streamsynth":',
+            orjson.dumps(meta)[:-1],
+            middle,
+            produced_at().encode(),
+            end,
+        )
+    )
+
+
+def output_meta(
+    output: Output,
+    *,
+    stage: str,
+    source: dict[str, Any],
+    segment: int | None = None,
+    doc_id: str | None = None,
+    prompt_sha256: str | None = None,
+    parent: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``streamsynth`` object of an output, as a dict (same arguments as build_output)."""
+    model, generation, endpoint = _lineage(output.calls)
+    meta = _meta_to_id(output, stage, source, segment, doc_id, prompt_sha256, parent, model)
+    meta["prompt_sha256"] = prompt_sha256
+    meta["generation"] = generation
+    meta["endpoint"] = endpoint
+    meta["produced_at"] = produced_at()
+    meta["version"] = __version__
+    return meta
+
+
+def _meta_to_id(
+    output: Output,
+    stage: str,
+    source: dict[str, Any],
+    segment: int | None,
+    doc_id: str | None,
+    prompt_sha256: str | None,
+    parent: Mapping[str, str] | None,
+    model: str | None,
+) -> dict[str, Any]:
+    """The keys of the ``streamsynth`` object up to ``output_id`` and ``parent``."""
     calls = output.calls
     if len(calls) == 1:
         # The common case (one request per output): read the call, skip the aggregates.
@@ -287,34 +370,45 @@ def build_output(
         }
     if segment is not None:
         meta["segment"] = segment
-    model, generation, endpoint = _lineage(calls)
     meta["output_id"] = output_id(
         doc_id=doc_id,
         source=source,
         stage=stage,
         prompt_sha256=prompt_sha256,
         model=model,
-        generation=generation,
+        generation=calls[0].generation if calls else None,
         segment=segment,
         parent=parent,
     )
     if parent is not None:
         meta["parent"] = dict(parent)
-    meta["prompt_sha256"] = prompt_sha256
-    meta["generation"] = generation
-    meta["endpoint"] = endpoint
-    meta["produced_at"] = produced_at()
-    meta["version"] = __version__
-    data = output.data
-    if META_FIELD in data:
-        # Never mutate the stage's row: it may be shared with other stages' outputs.
-        data = dict(data)
-    data[META_FIELD] = meta
-    try:
-        return orjson.dumps(data)
-    finally:
-        if data is output.data:
-            del data[META_FIELD]
+    return meta
+
+
+#: (prompt digest, id(parameters), endpoint) -> (parameters, the bytes from after
+#: ``output_id``/``parent`` to ``produced_at``'s opening quote, the bytes after its value).
+_SHARED_META: dict[tuple[str | None, int, str | None], tuple[Any, bytes, bytes]] = {}
+_SHARED_META_MAX = 1024
+
+
+def _shared_meta(
+    prompt_sha256: str | None, generation: dict[str, Any] | None, endpoint: str | None
+) -> tuple[bytes, bytes]:
+    """The serialized keys of the ``streamsynth`` object that a stage's outputs share."""
+    key = (prompt_sha256, id(generation), endpoint)
+    hit = _SHARED_META.get(key)
+    if hit is not None and hit[0] is generation:
+        return hit[1], hit[2]
+    shared = orjson.dumps(
+        {"prompt_sha256": prompt_sha256, "generation": generation, "endpoint": endpoint}
+    )
+    middle = b"," + shared[1:-1] + b',"produced_at":"'
+    end = b'","version":' + orjson.dumps(__version__) + b"}}"
+    if len(_SHARED_META) >= _SHARED_META_MAX:
+        _SHARED_META.clear()  # a new config per request (shrunk max_tokens): start over
+    # The value holds ``generation`` itself, so its id cannot be reused while cached.
+    _SHARED_META[key] = (generation, middle, end)
+    return middle, end
 
 
 def build_filtered(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 import streamsynth
 from streamsynth.engine.stage import LLMCall, Output
+from streamsynth.kafka import records
 from streamsynth.kafka.records import (
     build_output,
     document_id,
@@ -199,3 +201,80 @@ def test_routing_counts_truncated_answers_whatever_became_of_them() -> None:
     )
     assert routed.truncated == [("a", 2), ("b", 1), ("c", 1)]
     assert [f.reason for f in routed.failures] == ["truncated"]
+
+
+def test_output_id_is_the_sha256_of_its_documented_material() -> None:
+    """Pinned, so that a faster path can never change an id consumers join on."""
+    gen = {"temperature": 0.0, "max_tokens": 64, "n": 1}
+    sort = orjson.OPT_SORT_KEYS
+    stage_part = orjson.dumps(["s", "a" * 64, "m", gen], option=sort)
+    parent = {"stage": "up", "id": "b" * 64}
+    cases: list[tuple[str | None, int | None, dict[str, str] | None]] = [
+        ("d1", None, None),
+        ('dé"1', None, None),  # escaped and non-ASCII ids
+        ("d1", 3, None),
+        ("d1", None, parent),
+        (None, None, None),
+        (None, 2, parent),
+    ]
+    for doc_id, segment, par in cases:
+        document = {"id": doc_id} if doc_id is not None else {"source": SOURCE}
+        material = stage_part + orjson.dumps([document, segment, par], option=sort)
+        out = Output({"x": 1}, [call(generation=gen)])
+        got = output_id_of(
+            out,
+            stage="s",
+            source=SOURCE,
+            segment=segment,
+            doc_id=doc_id,
+            prompt_sha256="a" * 64,
+            parent=par,
+        )
+        assert got == hashlib.sha256(material).hexdigest(), (doc_id, segment, par)
+        assert meta(out, doc_id=doc_id, segment=segment, parent=par)["output_id"] == got
+
+
+def test_output_bytes_are_the_row_with_its_meta_object_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """build_output splices a stage's shared keys in: the bytes stay orjson's of the dict."""
+    monkeypatch.setattr(records, "produced_at", lambda: "2026-12-01T12:00:00.123Z")
+    gen = {"temperature": 0.0, "max_tokens": 64, "n": 1}
+    rows: list[dict[str, Any]] = [
+        {"id": "d1", "text": "t", "s": "answer"},
+        {},
+        {"streamsynth": "the input had one", "id": 7},  # keeps its place, replaced
+        {"id": "é", "nested": {"a": [1, 2.5, None]}},
+    ]
+    outputs = [
+        Output(rows[0], [call(generation=gen)]),
+        Output(rows[1], []),
+        Output(rows[2], [call(generation=gen), call(generation=gen, cached=True, endpoint=None)]),
+        Output(rows[3], [call(generation=gen, endpoint="https://u:p@h:9/v1/?k=1")]),
+    ]
+    variants: list[dict[str, Any]] = [
+        {},
+        {"segment": 4},
+        {"parent": {"stage": "up", "id": "b" * 64}},
+        {"doc_id": None, "prompt_sha256": None},
+    ]
+    for out in outputs:
+        for extra in variants:
+            args: dict[str, Any] = {
+                "stage": "s",
+                "source": SOURCE,
+                "doc_id": "d1",
+                "prompt_sha256": "a" * 64,
+                **extra,
+            }
+            row = dict(out.data)
+            row["streamsynth"] = records.output_meta(out, **args)
+            before = dict(out.data)
+            assert build_output(out, **args) == orjson.dumps(row), (out.data, extra)
+            assert out.data == before  # the stage's row is left as it was
+    first = orjson.loads(build_output(outputs[0], stage="s", source=SOURCE, doc_id="d1"))
+    assert list(first["streamsynth"]) == [
+        "stage", "model", "prompt_tokens", "completion_tokens", "finish_reason", "latency_s",
+        "attempts", "source", "cached", "cached_tokens", "output_id", "prompt_sha256",
+        "generation", "endpoint", "produced_at", "version",
+    ]  # fmt: skip
