@@ -233,7 +233,10 @@ class Router:
         parent: dict[str, str] | None,
     ) -> None:
         msg, key, source = ctx.msg, ctx.key, ctx.source
-        truncated = sum(1 for call in outcome.calls if call.finish_reason == "length")
+        truncated = 0
+        for call in outcome.calls:  # a loop: no generator per record
+            if call.finish_reason == "length":
+                truncated += 1
         if truncated:  # counted before the verdict: kept, filtered and dead-lettered alike
             routed.truncated.append((stage.name, truncated))
         if outcome.error is not None:
