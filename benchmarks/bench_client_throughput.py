@@ -2,10 +2,12 @@
 
 The simulator answers at 0 ms, so what is measured is the client's own cost per
 request (serialization, HTTP, parsing) -- the ceiling one worker process can
-drive. The target is 2,000 req/s for the raw aiohttp transport. Each transport is
-measured at every depth of ``--concurrency`` (default 256 and 4,096) in the same
-run, with the client process's CPU time per request, and the deepest figure is
-printed as a ratio of the 256 one (goal >= 0.7: depth must not collapse a transport).
+drive. The target is 2,000 req/s for the default transport (``http1``). Each
+transport (``http1``, ``aiohttp``, ``openai``) is measured at every depth of
+``--concurrency`` (default 256 and 4,096) in the same run, with the client
+process's CPU time per request, and the deepest figure is printed as a ratio of the
+256 one (goal >= 0.7: depth must not collapse a transport). Every side runs on the
+worker's event loop (``worker.event_loop: auto``: uvloop where installed).
 
 Run: ``streamsynth bench client-throughput [--concurrency 256,4096] [--seconds S]``.
 """
@@ -20,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from streamsynth.engine.loop import run as run_loop
 from streamsynth.llm.client import AsyncLLMClient
 from streamsynth.llm.transports.aiohttp import AiohttpChatClient
+from streamsynth.llm.transports.http1 import Http1ChatClient
 from streamsynth.llm.transports.openai import AsyncOpenAIClient
 from streamsynth.llm.types import ChatRequest, GenerationConfig
 from streamsynth.local.llm_simulator import SimulatorConfig, SimulatorProcess
@@ -100,11 +104,13 @@ async def _run_one(
 
 
 def _factory(name: str, concurrency: int) -> Callable[[str], AsyncLLMClient]:
+    if name == "http1":
+        return lambda url: Http1ChatClient(url, max_connections=concurrency)
     if name == "aiohttp":
         return lambda url: AiohttpChatClient(url, max_connections=concurrency)
     if name == "openai":
         return lambda url: AsyncOpenAIClient(url, max_connections=concurrency)
-    raise SystemExit(f"unknown client {name!r}: aiohttp | openai")
+    raise SystemExit(f"unknown client {name!r}: http1 | aiohttp | openai")
 
 
 def main(argv: list[str] | None = None) -> list[ThroughputResult]:
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> list[ThroughputResult]:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", default="256,4096", help="depths, comma-separated")
-    parser.add_argument("--clients", default="aiohttp,openai")
+    parser.add_argument("--clients", default="http1,aiohttp,openai")
     parser.add_argument("--output", default="bench-results/client_throughput.json")
     args = parser.parse_args(argv)
     depths = [int(d) for d in str(args.concurrency).split(",") if d]
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[ThroughputResult]:
             first: ThroughputResult | None = None
             for depth in depths:
                 factory = _factory(name, depth)
-                result = asyncio.run(_run_one(name, factory, sim.base_url, args, depth))
+                result = run_loop(_run_one(name, factory, sim.base_url, args, depth))
                 first = first or result
                 result.ratio_to_shallowest = result.rps / first.rps if first.rps else 0.0
                 results.append(result)

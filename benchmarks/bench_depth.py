@@ -5,13 +5,19 @@ Against a simulator (its own process) that answers every request after a fixed
 ``depth / latency`` requests/s. At each depth (2,048 and 4,096 by default), in the
 same run:
 
-* a **bare client** -- aiohttp, ``depth`` coroutines each sending one request
-  after another -- gives the reference rate (what this machine's HTTP stack
-  allows at that depth);
+* a **bare client** -- aiohttp's ``ClientSession``, ``depth`` coroutines each
+  sending one request after another -- gives the reference rate (what this
+  machine's usual HTTP stack allows at that depth);
+* a **bare transport** -- the same closed loop over the worker's own transport
+  (``Http1ChatClient``, the default), without Kafka or stages -- shows what the
+  worker's HTTP path alone reaches;
 * **one worker** (``max_concurrency`` = depth, adaptive off,
   ``max_inflight_records`` = 2 x depth) reads documents from an embedded broker,
   calls the simulator and writes results back; its steady rate (10-90 % of
-  completions) is compared with the bare client's.
+  completions) is compared with both.
+
+Every side runs on the event loop the worker uses (``worker.event_loop: auto``:
+uvloop where installed), so the comparison is between clients, not loops.
 
 Goal: worker / bare client >= 0.9 at each depth.
 Run: ``streamsynth bench depth [--depths 2048,4096] [--quick]``.
@@ -28,6 +34,9 @@ from typing import Any
 import aiohttp
 
 from benchmarks import _common as c
+from streamsynth.engine.loop import loop_factory
+from streamsynth.engine.loop import run as run_loop
+from streamsynth.llm import ChatRequest, GenerationConfig, Http1ChatClient
 from streamsynth.local.broker import EmbeddedBroker, create_topics
 from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, SimulatorProcess
 
@@ -64,6 +73,35 @@ async def bare_client(url: str, depth: int, seconds: float, warm_s: float) -> fl
     return done / elapsed
 
 
+async def bare_transport(url: str, depth: int, seconds: float, warm_s: float) -> float:
+    """As :func:`bare_client`, over the worker's default transport."""
+    request = ChatRequest(
+        model="sim-model",
+        messages=({"role": "user", "content": c.PROMPT.format(document="a short text")},),
+        config=GenerationConfig(max_tokens=32),
+    )
+    client = Http1ChatClient(url, max_connections=depth)
+    done = 0
+    counting = False
+    stop = time.monotonic() + warm_s + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            await client.chat(request)
+            if counting:
+                done += 1
+
+    tasks = [asyncio.ensure_future(loop()) for _ in range(depth)]
+    await asyncio.sleep(warm_s)
+    counting, t0 = True, time.monotonic()
+    await asyncio.sleep(seconds)
+    counting, elapsed = False, time.monotonic() - t0
+    await asyncio.gather(*tasks)
+    await client.aclose()
+    return done / elapsed
+
+
 async def worker_rate(url: str, depth: int, records: int, args: argparse.Namespace) -> float:
     docs = c.make_documents(records, seed=args.seed, mean_words=40)
     with EmbeddedBroker() as broker:
@@ -97,7 +135,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with SimulatorProcess(SimulatorConfig(latency=latency)) as sim:
         for depth in args.depths:
-            bare = await bare_client(sim.base_url, depth, args.seconds, warm_s=2 * args.latency_s)
+            warm = 2 * args.latency_s
+            bare = await bare_client(sim.base_url, depth, args.seconds, warm_s=warm)
+            own = await bare_transport(sim.base_url, depth, args.seconds, warm_s=warm)
             records = int(depth / args.latency_s * args.seconds)
             worker = await worker_rate(sim.base_url, depth, records, args)
             little = depth / args.latency_s
@@ -107,10 +147,12 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "records": records,
                     "littles_law_per_s": little,
                     "bare_client_per_s": bare,
+                    "bare_transport_per_s": own,
                     "worker_per_s": worker,
                     "bare_vs_little": bare / little,
                     "worker_vs_little": worker / little,
                     "ratio": worker / bare if bare else 0.0,
+                    "worker_vs_transport": worker / own if own else 0.0,
                 }
             )
     return rows
@@ -130,22 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     args.depths = [int(d) for d in str(args.depths).split(",") if d]
     if args.quick:
         args.depths, args.seconds = [2048], 5.0
-    rows = asyncio.run(run(args))
+    rows = run_loop(run(args))  # the worker's loop kind (uvloop where installed)
     table = [
-        [r["depth"], r["littles_law_per_s"], r["bare_client_per_s"], r["worker_per_s"],
-         f"{r['bare_vs_little']:.2f}", f"{r['worker_vs_little']:.2f}", f"{r['ratio']:.3f}"]
+        [r["depth"], r["littles_law_per_s"], r["bare_client_per_s"], r["bare_transport_per_s"],
+         r["worker_per_s"], f"{r['bare_vs_little']:.2f}", f"{r['worker_vs_little']:.2f}",
+         f"{r['ratio']:.3f}", f"{r['worker_vs_transport']:.3f}"]
         for r in rows
     ]  # fmt: skip
     met = all(r["ratio"] >= GOAL for r in rows)
     notes = [
         f"Fixed {args.latency_s} s server (own process), no capacity limit; one worker, "
-        "adaptive off, vs a bare aiohttp client in the same run.",
+        "adaptive off, vs a bare aiohttp client and a bare http1 transport in the same run "
+        f"(loop: {loop_factory().__module__.split('.')[0]}).",
         f"Goal: worker / bare client >= {GOAL} at every depth: " + ("MET" if met else "NOT MET"),
     ]
     c.print_table(
         "depth: one worker vs a bare client",
-        ["in flight", "Little's law/s", "bare client/s", "worker/s", "bare/LL", "worker/LL",
-         "worker/bare"],
+        ["in flight", "Little's law/s", "bare aiohttp/s", "bare http1/s", "worker/s", "bare/LL",
+         "worker/LL", "worker/bare", "worker/http1"],
         table,
         notes,
     )  # fmt: skip
