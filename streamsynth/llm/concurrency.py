@@ -45,10 +45,10 @@ queued ones come last.
    holds, and the next probe goes up. The limit therefore settles at the knee,
    between one probe step below and one above it (at the knee a probe down costs
    a few per cent of throughput for one window). A probe whose extra slots were
-   never filled (the client had no more to send) is withdrawn like a rejected one. If latency at an unchanged limit
-   rises by ``latency_tolerance`` (50 %) over what it was when that limit was
-   accepted (the server slowed, another client arrived), ``L`` is cut by 10 % and
-   re-probed.
+   never filled (the client had no more to send) is withdrawn like a rejected one.
+   If latency at an unchanged limit rises by ``latency_tolerance`` (50 %) over
+   what it was when that limit was accepted (the server slowed, another client
+   arrived), ``L`` is cut by 10 % and re-probed.
    Comparing against a plain "unloaded baseline" would not do: a batching
    server's latency rises long before its queue does (``bench fleet``'s replicas
    answer in 1.0 s alone and 3.6 s with all 256 slots busy, no queue yet); what
