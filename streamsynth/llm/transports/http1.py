@@ -89,7 +89,8 @@ class _Connection(asyncio.Protocol):
         #: Requests answered on this connection (a lost reused one may be re-sent).
         self.used = 0
         self.closed = False
-        self._header_name = ""
+        #: A message began with no request waiting for it: the stream cannot be trusted.
+        self.spoiled = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,6 +100,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+            if self.spoiled:
+                # Bytes nobody asked for (a 408 some servers send an idle connection
+                # before closing it): never let them be read as the next answer.
+                self.close()
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             endpoint = self.pool.client.base_url
             if self.answer.size > MAX_BODY_BYTES:  # on_body refused it
@@ -122,6 +127,11 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(_Lost(started=answer.status != 0 or bool(answer.body), exc=exc))
 
     # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self.spoiled = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
@@ -146,6 +156,7 @@ class _Connection(asyncio.Protocol):
         answer.complete = True
         # Read now: the parser resets for the next message once this callback returns.
         answer.keep_alive = self.parser.should_keep_alive()
+        self.answer = _Answer()  # whatever follows in this read is not this answer's
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)
@@ -158,8 +169,8 @@ class _Connection(asyncio.Protocol):
         self.transport.write(payload)
         return waiter
 
-    def reusable(self) -> bool:
-        return not self.closed and self.answer.complete and self.answer.keep_alive
+    def reusable(self, answer: _Answer) -> bool:
+        return not (self.closed or self.spoiled) and answer.keep_alive
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
@@ -237,9 +248,9 @@ class _Pool:
             raise
         return conn
 
-    def release(self, conn: _Connection) -> None:
-        """The request on ``conn`` is over: keep it for the next one, or close it."""
-        if self.closing or not conn.reusable():
+    def release(self, conn: _Connection, answer: _Answer) -> None:
+        """``answer`` ended the request on ``conn``: keep it for the next one, or close it."""
+        if self.closing or not conn.reusable(answer):
             conn.close()
             return
         conn.used += 1
@@ -379,7 +390,7 @@ class Http1ChatClient:
                 raise
             finally:
                 timer.cancel()
-            pool.release(conn)
+            pool.release(conn, answer)
             return answer
         raise AssertionError("unreachable")
 

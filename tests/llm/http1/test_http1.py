@@ -242,6 +242,21 @@ async def test_connection_lost_mid_answer_is_a_connection_error(
     assert raw.requests == 1  # a started answer is never sent again here
 
 
+async def test_bytes_sent_to_an_idle_connection_are_never_an_answer(serve: Serve) -> None:
+    async def then_408(reader: Reader, writer: Writer, n: int) -> None:
+        writer.write(answer(completion(f"answer {n}")))
+        writer.write(answer(b"idle too long", status="408 Request Timeout"))
+
+    raw = await serve(then_408)
+    client = Http1ChatClient(raw.url)
+    try:
+        first = await client.chat(req())
+        second = await client.chat(req())
+    finally:
+        await client.aclose()
+    assert (first.text, second.text) == ("answer 1", "answer 2")
+
+
 async def test_idle_beyond_keepalive_is_not_reused(serve: Serve) -> None:
     raw = await serve(ok)
     client = Http1ChatClient(raw.url, keepalive_s=0.0)
