@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,44 +44,11 @@ from streamsynth.local.llm_simulator import LatencyModel, SimulatorConfig, Simul
 GOAL = 0.9
 
 
-async def bare_client(url: str, depth: int, seconds: float, warm_s: float) -> float:
-    """Requests/s of ``depth`` closed-loop coroutines over ``seconds`` after ``warm_s``."""
-    body = {
-        "model": "sim-model",
-        "max_tokens": 32,
-        "messages": [{"role": "user", "content": c.PROMPT.format(document="a short text")}],
-    }
-    done = 0
-    counting = False
-    stop = time.monotonic() + warm_s + seconds
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def loop() -> None:
-            nonlocal done
-            while time.monotonic() < stop:
-                async with session.post(url + "/chat/completions", json=body) as resp:
-                    await resp.read()
-                if counting:
-                    done += 1
-
-        tasks = [asyncio.ensure_future(loop()) for _ in range(depth)]
-        await asyncio.sleep(warm_s)
-        counting, t0 = True, time.monotonic()
-        await asyncio.sleep(seconds)
-        counting, elapsed = False, time.monotonic() - t0
-        await asyncio.gather(*tasks)
-    return done / elapsed
-
-
-async def bare_transport(url: str, depth: int, seconds: float, warm_s: float) -> float:
-    """As :func:`bare_client`, over the worker's default transport."""
-    request = ChatRequest(
-        model="sim-model",
-        messages=({"role": "user", "content": c.PROMPT.format(document="a short text")},),
-        config=GenerationConfig(max_tokens=32),
-    )
-    client = Http1ChatClient(url, max_connections=depth)
+async def closed_loop(
+    send: Callable[[], Awaitable[object]], depth: int, seconds: float, warm_s: float
+) -> float:
+    """Requests/s of ``depth`` coroutines each calling ``send`` one after another,
+    counted over ``seconds`` after ``warm_s``."""
     done = 0
     counting = False
     stop = time.monotonic() + warm_s + seconds
@@ -88,7 +56,7 @@ async def bare_transport(url: str, depth: int, seconds: float, warm_s: float) ->
     async def loop() -> None:
         nonlocal done
         while time.monotonic() < stop:
-            await client.chat(request)
+            await send()
             if counting:
                 done += 1
 
@@ -98,8 +66,37 @@ async def bare_transport(url: str, depth: int, seconds: float, warm_s: float) ->
     await asyncio.sleep(seconds)
     counting, elapsed = False, time.monotonic() - t0
     await asyncio.gather(*tasks)
-    await client.aclose()
     return done / elapsed
+
+
+async def bare_client(url: str, depth: int, seconds: float, warm_s: float) -> float:
+    """aiohttp's ``ClientSession`` in a closed loop (the issue's reference client)."""
+    body = {
+        "model": "sim-model",
+        "max_tokens": 32,
+        "messages": [{"role": "user", "content": c.PROMPT.format(document="a short text")}],
+    }
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def send() -> None:
+            async with session.post(url + "/chat/completions", json=body) as resp:
+                await resp.read()
+
+        return await closed_loop(send, depth, seconds, warm_s)
+
+
+async def bare_transport(url: str, depth: int, seconds: float, warm_s: float) -> float:
+    """The worker's default transport in the same closed loop, without Kafka or stages."""
+    request = ChatRequest(
+        model="sim-model",
+        messages=({"role": "user", "content": c.PROMPT.format(document="a short text")},),
+        config=GenerationConfig(max_tokens=32),
+    )
+    client = Http1ChatClient(url, max_connections=depth)
+    try:
+        return await closed_loop(lambda: client.chat(request), depth, seconds, warm_s)
+    finally:
+        await client.aclose()
 
 
 async def worker_rate(url: str, depth: int, records: int, args: argparse.Namespace) -> float:
