@@ -19,6 +19,12 @@ def test_openai_transport_is_refused_above_its_depth() -> None:
     assert ok.max_concurrency == OPENAI_MAX_CONCURRENCY
 
 
-def test_aiohttp_transport_takes_a_vllm_replica_depth_by_default() -> None:
+def test_default_transport_takes_a_vllm_replica_depth_by_default() -> None:
     settings = LLMSettings(base_url=URL, model="m")
-    assert settings.transport == "aiohttp" and settings.max_concurrency == 1024
+    assert settings.transport == "http1" and settings.max_concurrency == 1024
+
+
+@pytest.mark.parametrize("transport", ["http1", "aiohttp"])
+def test_the_lean_transports_take_thousands_in_flight(transport: str) -> None:
+    settings = LLMSettings(base_url=URL, model="m", transport=transport, max_concurrency=8192)
+    assert settings.max_concurrency == 8192
