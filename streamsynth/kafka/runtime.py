@@ -134,12 +134,30 @@ def run_worker(settings: Settings, *, stop_requested: Callable[[], bool] | None 
         # Before aiokafka and the LLM stack are even imported: the fastest clean exit.
         logging.getLogger(LOGGER).info("stop requested during start-up: exiting")
         return EXIT_OK
+    _freeze_startup_objects()
     try:
         return run_loop(
             arun_worker(settings, stop_requested=stop_requested), kind=settings.worker.event_loop
         )
     except (ConfigError, StageConfigError) as exc:  # found while starting (unset api_key_env)
         return config_error(exc)
+
+
+def _freeze_startup_objects() -> None:
+    """Import the worker's stack, then move every object alive now out of the
+    collector's reach (``gc.freeze``).
+
+    The modules' objects (aiokafka, pydantic models, the LLM stack: about 100k) live
+    as long as the process, yet every full collection walked them again: about 8 %
+    of a busy worker's CPU went to the collector. Only what records create is
+    collected from here on.
+    """
+    import gc
+
+    import streamsynth.kafka.worker  # noqa: F401 - imported for its objects, to freeze them
+
+    gc.collect()
+    gc.freeze()
 
 
 def config_error(exc: Exception) -> int:
