@@ -16,8 +16,8 @@ same run:
   calls the simulator and writes results back; its steady rate (10-90 % of
   completions) is compared with both.
 
-Every side runs on the event loop the worker uses (``worker.event_loop: auto``:
-uvloop where installed), so the comparison is between clients, not loops.
+Every side runs on uvloop (the worker with ``worker.event_loop: uvloop``), so the
+comparison is between clients, not loops.
 
 Goal: worker / bare client >= 0.9 at each depth.
 Run: ``streamsynth bench depth [--depths 2048,4096] [--quick]``.
@@ -35,7 +35,6 @@ from typing import Any
 import aiohttp
 
 from benchmarks import _common as c
-from streamsynth.engine.loop import loop_factory
 from streamsynth.engine.loop import run as run_loop
 from streamsynth.llm import ChatRequest, GenerationConfig, Http1ChatClient
 from streamsynth.local.broker import EmbeddedBroker, create_topics
@@ -112,7 +111,7 @@ async def worker_rate(url: str, depth: int, records: int, args: argparse.Namespa
             group=f"depth-{depth}",
             concurrency=depth,
             max_tokens=32,
-            extra_worker={"max_inflight_records": 2 * depth},
+            extra_worker={"max_inflight_records": 2 * depth, "event_loop": "uvloop"},
         )
         worker = c.WorkerProcess(settings)
         worker.start()
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args.depths = [int(d) for d in str(args.depths).split(",") if d]
     if args.quick:
         args.depths, args.seconds = [2048], 5.0
-    rows = run_loop(run(args))  # the worker's loop kind (uvloop where installed)
+    rows = run_loop(run(args), kind="uvloop")  # the loop the benchmark's worker runs on
     table = [
         [r["depth"], r["littles_law_per_s"], r["bare_client_per_s"], r["bare_transport_per_s"],
          r["worker_per_s"], f"{r['bare_vs_little']:.2f}", f"{r['worker_vs_little']:.2f}",
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         f"Fixed {args.latency_s} s server (own process), no capacity limit; one worker, "
         "adaptive off, vs a bare aiohttp client and a bare http1 transport in the same run "
-        f"(loop: {loop_factory().__module__.split('.')[0]}).",
+        "(loop: uvloop).",
         f"Goal: worker / bare client >= {GOAL} at every depth: " + ("MET" if met else "NOT MET"),
     ]
     c.print_table(
