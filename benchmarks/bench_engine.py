@@ -2,8 +2,8 @@
 
 The client answers instantly in-process, so what is measured is the worker's own
 cost per record: fetch, decode, stage, output build, produce with acks=all,
-offset tracking and commits. It runs on the event loop ``streamsynth run`` would
-choose (``worker.event_loop``, ``auto``: uvloop where installed; ``--event-loop``).
+offset tracking and commits. It runs on uvloop where installed (``--event-loop auto``,
+the default; ``asyncio`` for the worker's default loop).
 The broker (embedded Tansu unless KAFKA_BOOTSTRAP_SERVERS is set) shares the
 machine. The goal is 30,000 records/s on one core.
 
