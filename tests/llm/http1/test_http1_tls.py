@@ -1,59 +1,23 @@
 """Http1ChatClient over TLS (``https://``): verified against the CA store, kept alive.
 
-The server is a loopback TLS server with a certificate made for 127.0.0.1 by the
-test. ``SSL_CERT_FILE`` is how a private CA reaches the client's default context
-(OpenSSL reads it when the store is loaded), as for aiohttp and the ssl module.
+The server is a loopback TLS server with a certificate for 127.0.0.1 made by the
+test (``tests/certs.py``). ``SSL_CERT_FILE`` is how a private CA reaches the
+client's default context (OpenSSL reads it when the store is loaded), as it does
+for aiohttp and the ssl module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certs import self_signed
 from test_http1 import RawServer, ok, req
 
 from streamsynth.llm import Http1ChatClient, LLMConnectionError
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1, signed by its own key: (cert.pem, key.pem)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamsynth test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture

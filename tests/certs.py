@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from pathlib import Path
 
 from cryptography import x509
@@ -12,7 +13,8 @@ from cryptography.x509.oid import NameOID
 
 
 def self_signed(tmp_path: Path, password: bytes | None = None) -> tuple[Path, Path]:
-    """A throwaway certificate and key (generated here: no files checked in, no network)."""
+    """A throwaway certificate and key for 127.0.0.1 (its name and its IP address), signed
+    by itself, so it is its own CA (generated here: no files checked in, no network)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
@@ -25,6 +27,10 @@ def self_signed(tmp_path: Path, password: bytes | None = None) -> tuple[Path, Pa
         .not_valid_before(now)
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(  # what a verifying HTTPS client checks the address against
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
