@@ -3,7 +3,8 @@
 The client answers instantly in-process, so what is measured is the worker's own
 cost per record: fetch, decode, stage, output build, produce with acks=all,
 offset tracking and commits. It runs on uvloop where installed (``--event-loop auto``,
-the default; ``asyncio`` for the worker's default loop).
+the default; ``asyncio`` for the worker's default loop), with the collector set up
+as ``streamsynth run`` sets it (:func:`~streamsynth.kafka.runtime.tune_collector`).
 The broker (embedded Tansu unless KAFKA_BOOTSTRAP_SERVERS is set) shares the
 machine. The goal is 30,000 records/s on one core.
 
@@ -31,6 +32,7 @@ from streamsynth.config import Settings, settings_from_dict
 from streamsynth.engine.loop import LoopKind, loop_factory
 from streamsynth.engine.loop import run as run_loop
 from streamsynth.kafka.connection import KafkaConnection
+from streamsynth.kafka.runtime import tune_collector
 from streamsynth.kafka.worker import StageSpec, Worker
 from streamsynth.llm.types import ChatRequest, ChatResult, Usage
 from streamsynth.local.broker import create_topics, kafka_bootstrap
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     coro = run(args.records, inflight=args.inflight, batch=args.batch, timeout_s=args.timeout)
     kind: LoopKind = args.event_loop
     loop_factory(kind)  # an unavailable loop fails here, before the broker starts
+    tune_collector()  # as the worker process does before its loop starts
     if args.profile:
         profiler = cProfile.Profile()
         result = profiler.runcall(run_loop, coro, kind=kind)

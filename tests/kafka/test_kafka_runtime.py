@@ -220,3 +220,21 @@ def test_failure_line_never_carries_credentials_of_the_failing_client() -> None:
     line = failure_message(settings, exc)
     assert "s3cr3t-pass" not in line
     assert line.startswith("RuntimeError: ")
+
+
+def test_the_worker_process_freezes_its_start_up_objects_and_collects_young_less_often() -> None:
+    # In a child process: freezing and thresholds are process-wide.
+    probe = (
+        "import gc\n"
+        "from streamsynth.kafka.runtime import GC_YOUNG_THRESHOLD, tune_collector\n"
+        "before = gc.get_threshold()\n"
+        "tune_collector()\n"
+        "print(gc.get_freeze_count(), *before, *gc.get_threshold(), GC_YOUNG_THRESHOLD)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
+    frozen, before, after, wanted = int(out[0]), out[1:4], out[4:7], out[7]
+    assert frozen > 10_000  # the worker's modules: aiokafka, pydantic, the LLM stack
+    assert after[0] == wanted != before[0]
+    assert after[1:] == before[1:]
