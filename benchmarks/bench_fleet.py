@@ -5,9 +5,11 @@ replica; ``max_num_seqs`` 256 each) behind one worker with adaptive concurrency 
 In the same run:
 
 1. **Capacity** -- a bare aiohttp client saturates the fleet directly (1.25 x
-   ``max_num_seqs`` requests in flight per replica, the same prompts), and the
-   simulator's generated tokens per second over that window are the fleet's
-   capacity. One request at a time before that gives the unloaded latency.
+   ``max_num_seqs`` requests in flight per replica, its loops started staggered;
+   prompts built as the worker's, from documents of its own so that neither side
+   finds the other's in the prefix cache), and the simulator's generated tokens per
+   second over that window are the fleet's capacity. One request at a time before
+   that gives the unloaded latency.
 2. **The worker** -- reads the documents from an embedded broker, calls the four
    endpoints and writes results back. Over the *settled window* -- from the end of
    the start-up ramp (the last time the sum of the limits stood 1.5x above where it
@@ -19,7 +21,11 @@ In the same run:
    differences over the window) with the unloaded latency. The stage latency
    includes the wait for a slot in the worker (``--max-inflight`` records for
    ``limit`` slots). The JSON result keeps each endpoint's limit every 0.5 s
-   (``limit_trace``).
+   (``limit_trace``), and the fleet's generated tokens so far with its sequences
+   running and waiting, from the replicas' own metrics (``tokens_trace``).
+3. **A cross-check** -- each side's tokens/s against the token model's bound for
+   the prompt and answer sizes it sent (:func:`model_bound`): a measurement off by
+   a burst shows as a figure above 1.
 
 Token model (the simulator counts whitespace words as tokens): a shared system
 prompt of ~100 tokens and a template of 16 (prefix-cached after the first request
@@ -87,10 +93,55 @@ def _per_request(later: tuple[int, int, int], earlier: tuple[int, int, int]) -> 
     return (later[2] - earlier[2]) / requests if requests else float("nan")
 
 
+def _answer_tokens(later: tuple[int, int, int], earlier: tuple[int, int, int]) -> float:
+    """Generated tokens per request between two /stats reads."""
+    requests = later[1] - earlier[1]
+    return (later[0] - earlier[0]) / requests if requests else float("nan")
+
+
+def tokens_per_s(points: list[tuple[float, int]]) -> float:
+    """Least-squares slope of the cumulative token count over time.
+
+    Tokens are counted when an answer ends, and with equal answer lengths the
+    answers of a batch admitted together end together: the count rises in steps,
+    once per cycle (one answer's time). A difference of two reads is off by
+    whatever share of a step falls between them (up to one step per window); the
+    slope through every read weighs each end by one read only."""
+    if len(points) < 2:
+        return float("nan")
+    tm = statistics.fmean(t for t, _ in points)
+    nm = statistics.fmean(n for _, n in points)
+    num = sum((t - tm) * (n - nm) for t, n in points)
+    den = sum((t - tm) ** 2 for t, _ in points)
+    return num / den if den > 0 else float("nan")
+
+
+def model_bound(serving: ServingConfig, uncached: float, answer_tokens: float) -> float:
+    """The most generated tokens/s the token model allows for this prompt and answer
+    size: every slot busy, decoding stopped only for prefill. A replica decoding at
+    ``D = max_num_seqs / step_s(max_num_seqs)`` tokens/s spends ``D / answer_tokens x
+    uncached x prefill_s_per_token`` of each second prefilling, so it makes
+    ``D / (1 + D x uncached x prefill_s_per_token / answer_tokens)``. A cross-check
+    that neither side is measured wrong: both should come out near 1.0 of it."""
+    decode = serving.decode_capacity_tokens_per_s()
+    per_s = decode / (1.0 + decode * uncached * serving.prefill_s_per_token / answer_tokens)
+    return serving.replicas * per_s
+
+
 async def measure_capacity(
-    urls: list[str], docs: list[dict[str, str]], args: argparse.Namespace
+    urls: list[str], docs: list[dict[str, str]], args: argparse.Namespace, spread_s: float
 ) -> dict[str, float]:
-    """Unloaded latency, then the fleet saturated by a bare client for ``capacity_s``."""
+    """Unloaded latency, then the fleet saturated by a bare client for ``capacity_s``.
+
+    The client's loops start one by one over ``spread_s`` (two answers' time at a
+    full batch). Started together, each replica would admit a whole batch in one
+    step, and with equal answer lengths that batch would finish in one step, forever
+    (a freed slot is refilled at once from the queue, so the phase is kept): the
+    fleet's tokens would arrive in one burst per cycle (about 3.7 s), and a window of
+    four cycles would count one burst more or less (+-25 %: it read 37,500-38,700
+    tokens/s where the model allows about 35,500). Staggered, completions are spread
+    over the cycle as the worker's are (within about +-15 % per second).
+    """
     root = urls[0].removesuffix("/v1")
     body = {"model": "sim-model", "max_tokens": args.max_tokens, "temperature": 0.5}
     connector = aiohttp.TCPConnector(limit=0)
@@ -106,24 +157,35 @@ async def measure_capacity(
             return time.perf_counter() - t0
 
         unloaded = [await one(urls[i % len(urls)], docs[i]) for i in range(8)]
-        stop = time.monotonic() + args.warm_s + args.capacity_s
+        stop = time.monotonic() + spread_s + args.warm_s + args.capacity_s
         counter = itertools.count(8)
 
-        async def loop(url: str) -> None:
+        async def loop(url: str, delay: float) -> None:
+            await asyncio.sleep(delay)
             while time.monotonic() < stop:
                 await one(url, docs[next(counter) % len(docs)])
 
         depth = int(args.max_num_seqs * 1.25)
-        tasks = [asyncio.ensure_future(loop(u)) for u in urls for _ in range(depth)]
-        await asyncio.sleep(args.warm_s)
-        st0, t0 = await _stats(session, root), time.monotonic()
-        await asyncio.sleep(args.capacity_s)
-        st1, t1 = await _stats(session, root), time.monotonic()
+        # Replicas interleaved too, so the fleet's completions are spread, not in phase.
+        starts = [
+            (u, spread_s * (k + i / len(urls)) / depth)
+            for k in range(depth)
+            for i, u in enumerate(urls)
+        ]
+        tasks = [asyncio.ensure_future(loop(u, delay)) for u, delay in starts]
+        await asyncio.sleep(spread_s + args.warm_s)
+        reads: list[tuple[float, tuple[int, int, int]]] = []
+        end = time.monotonic() + args.capacity_s
+        while time.monotonic() < end:
+            reads.append((time.monotonic(), await _stats(session, root)))
+            await asyncio.sleep(0.25)
         await asyncio.gather(*tasks)
+    st0, st1 = reads[0][1], reads[-1][1]
     return {
-        "capacity_tokens_per_s": (st1[0] - st0[0]) / (t1 - t0),
+        "capacity_tokens_per_s": tokens_per_s([(t, st[0]) for t, st in reads]),
         "unloaded_latency_s": statistics.median(unloaded),
         "capacity_uncached_prompt_tokens": _per_request(st1, st0),
+        "capacity_answer_tokens": _answer_tokens(st1, st0),
     }
 
 
@@ -137,6 +199,9 @@ class Sample:
     inflight: float
     stage: dict[float, float]  # cumulative stage-duration buckets (le -> count)
     queue: dict[float, float]  # cumulative client-side queue-wait buckets
+    #: The replicas' own view (their /metrics), summed: sequences running, waiting.
+    running: float = 0.0
+    waiting: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -145,6 +210,20 @@ class Sample:
     @property
     def limit(self) -> float:
         return sum(self.limits.values())
+
+
+async def _replica_load(session: aiohttp.ClientSession, urls: list[str]) -> tuple[float, float]:
+    """Sequences running and waiting, summed over the replicas' vLLM gauges."""
+    running = waiting = 0.0
+    for url in urls:
+        async with session.get(url.removesuffix("/v1") + "/metrics") as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith("vllm:num_requests_running{"):
+                running += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("vllm:num_requests_waiting{"):
+                waiting += float(line.rsplit(" ", 1)[1])
+    return running, waiting
 
 
 def _scrape(t: float, stats: tuple[int, int, int], text: str) -> Sample:
@@ -192,9 +271,15 @@ def _quantile(buckets: dict[float, float], q: float) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     serving = ServingConfig(replicas=args.replicas, max_num_seqs=args.max_num_seqs)
     docs = c.make_documents(args.records, seed=args.seed, mean_words=args.words)
-    knee = args.replicas * args.max_num_seqs
     with EmbeddedBroker() as broker, SimulatorProcess(SimulatorConfig(serving=serving)) as sim:
-        capacity = await measure_capacity(sim.base_urls, docs, args)
+        spread_s = 2.0 * args.max_tokens * serving.step_s(args.max_num_seqs)
+        # Documents of their own, drawn alike: the worker's, sent first, would be in the
+        # replicas' prefix caches when the worker sends them (a quarter of the capacity
+        # client's land where the worker's later go), and its prefill would be cheaper.
+        own = c.make_documents(
+            args.records, seed=args.seed + 1, mean_words=args.words, id_prefix="capacity"
+        )
+        capacity = await measure_capacity(sim.base_urls, own, args, spread_s)
         boot = broker.bootstrap_servers
         await create_topics(boot, {"docs": args.partitions, "out": args.partitions, "dlq": 1})
         watcher = c.Watcher(boot, "out", "dlq")
@@ -231,15 +316,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 root = sim.base_url.removesuffix("/v1")
                 while watcher.done < len(docs) and time.time() - t0 < args.max_s:
                     stats = await _stats(session, root)
+                    load = await _replica_load(session, sim.base_urls)
                     async with session.get(metrics_url) as resp:
                         samples.append(_scrape(time.time(), stats, await resp.text()))
+                    samples[-1].running, samples[-1].waiting = load
                     await asyncio.sleep(0.5)
             complete = watcher.done >= len(docs)
             log = "" if complete else worker.log_tail()
         finally:
             code = worker.stop()
             await watcher.stop()
-    return _summarise(args, capacity, knee, samples, watcher, t0, complete, code, log)
+    return _summarise(args, serving, capacity, samples, watcher, t0, complete, code, log)
 
 
 def _ramp_end(samples: list[Sample]) -> float | None:
@@ -262,8 +349,8 @@ def _trace_row(sample: Sample, t0: float) -> list[float]:
 
 def _summarise(
     args: argparse.Namespace,
+    serving: ServingConfig,
     capacity: dict[str, float],
-    knee: int,
     samples: list[Sample],
     watcher: Any,
     t0: float,
@@ -271,6 +358,7 @@ def _summarise(
     code: int | None,
     log: str,
 ) -> dict[str, Any]:
+    knee = serving.replicas * serving.max_num_seqs
     arrivals = sorted(watcher.arrivals)
     n = len(arrivals)
     ramp_end = _ramp_end(samples)
@@ -281,17 +369,22 @@ def _summarise(
         lo_t = max(lo_t, ramp_end)
     hi_t = arrivals[max(int(0.9 * n) - 1, 0)] if n else t0
     window = [s for s in samples if lo_t <= s.t <= hi_t]
-    goodput = stage_p50 = stage_p99 = queue_p50 = uncached = float("nan")
+    goodput = stage_p50 = stage_p99 = queue_p50 = uncached = answer = float("nan")
     if len(window) >= 2:
         first, last = window[0], window[-1]
-        goodput = (last.tokens - first.tokens) / (last.t - first.t)
+        goodput = tokens_per_s([(s.t, s.tokens) for s in window])
         uncached = _per_request(last.stats, first.stats)
+        answer = _answer_tokens(last.stats, first.stats)
         stage = _between(last.stage, first.stage)
         stage_p50, stage_p99 = _quantile(stage, 0.5), _quantile(stage, 0.99)
         queue_p50 = _quantile(_between(last.queue, first.queue), 0.5)
     limits = [s.limit for s in window] or [float("nan")]
     done = sum(1 for a in arrivals if lo_t <= a <= hi_t)
     unloaded = capacity["unloaded_latency_s"]
+    bound = model_bound(serving, uncached, answer)
+    capacity_bound = model_bound(
+        serving, capacity["capacity_uncached_prompt_tokens"], capacity["capacity_answer_tokens"]
+    )
     return {
         "records": args.records,
         "completed": watcher.done,
@@ -308,6 +401,9 @@ def _summarise(
         "limit_max": max(limits),
         "limit_ratio": statistics.fmean(limits) / knee,
         "inflight_mean": statistics.fmean([s.inflight for s in window] or [0.0]),
+        # The servers' view of the same window: are all slots busy, is anything queued?
+        "running_mean": statistics.fmean([s.running for s in window] or [0.0]),
+        "waiting_mean": statistics.fmean([s.waiting for s in window] or [0.0]),
         "records_per_s_window": done / (hi_t - lo_t) if hi_t > lo_t else 0.0,
         "unloaded_latency_s": unloaded,
         "p50_latency_s": stage_p50,
@@ -315,8 +411,16 @@ def _summarise(
         "queue_wait_p50_s": queue_p50,
         "uncached_prompt_tokens": uncached,
         "capacity_uncached_prompt_tokens": capacity["capacity_uncached_prompt_tokens"],
+        "model_bound_tokens_per_s": bound,
+        "goodput_vs_model_bound": goodput / bound,
+        "capacity_vs_model_bound": capacity["capacity_tokens_per_s"] / capacity_bound,
+        # The goodput ratio had both sides sent prompts equally cheap to prefill (the
+        # cache hits on a document's first block differ with the cache's history).
+        "like_for_like_ratio": (goodput / bound)
+        / (capacity["capacity_tokens_per_s"] / capacity_bound),
         "elapsed_s": (arrivals[-1] - t0) if arrivals else 0.0,
         "limit_trace": [_trace_row(s, t0) for s in samples],
+        "tokens_trace": [[round(s.t - t0, 2), s.tokens, s.running, s.waiting] for s in samples],
         "worker_exit_code": code,
         "worker_log_tail": log,
     }
@@ -342,9 +446,15 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> list[str]:
         f"Settled window {lo:.0f}-{hi:.0f} s (start-up ramp {ramp}; 30-90 % of the records "
         f"at most): {r['records_per_s_window']:.0f} records/s; limit min "
         f"{r['limit_min']:.0f}, max {r['limit_max']:.0f}; mean in flight "
-        f"{r['inflight_mean']:.0f}; prefilled (uncached) prompt tokens per request "
+        f"{r['inflight_mean']:.0f} (the replicas: {r['running_mean']:.0f} running of "
+        f"{r['knee']}, {r['waiting_mean']:.1f} waiting); prefilled (uncached) prompt "
+        "tokens per request "
         f"{r['uncached_prompt_tokens']:.0f} (capacity client "
         f"{r['capacity_uncached_prompt_tokens']:.0f}).",
+        "Token model's bound for these prompts (every slot busy, decode stopped only "
+        f"to prefill): the worker at {r['goodput_vs_model_bound']:.3f} of it, the "
+        f"capacity client at {r['capacity_vs_model_bound']:.3f} of its own (goodput "
+        f"ratio for equal prompts: {r['like_for_like_ratio']:.3f}).",
         "Latency: the worker's stage duration over the window (histogram quantiles; "
         f"it includes the wait for a slot, p50 {r['queue_wait_p50_s']:.2f} s) vs one "
         "request at a time.",
@@ -376,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--routing", default="least_loaded", help="least_loaded | prefix_affinity")
     p.add_argument("--words", type=int, default=120, help="mean words per document")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--capacity-s", type=float, default=15.0)
+    p.add_argument("--capacity-s", type=float, default=20.0)
     p.add_argument("--warm-s", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-s", type=float, default=600.0, help="give up after this long")
