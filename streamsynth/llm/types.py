@@ -74,9 +74,14 @@ class GenerationConfig(BaseModel):
         return body
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (see LLMCall in streamsynth.engine.stage): one is made per record, and a
+# request is never changed once made; a changed one is a new request (``replace``).
+@dataclass(slots=True)
 class ChatRequest:
-    """One chat completion to perform. ``stage`` only labels metrics and accounting."""
+    """One chat completion to perform. ``stage`` only labels metrics and accounting.
+
+    Read-only by convention: the cache, the retry loop and lineage share one request.
+    """
 
     model: str
     messages: tuple[Message, ...]
