@@ -71,6 +71,10 @@ class EngineResult:
     broker: str
     #: The loop's class (uvloop's Loop or asyncio's).
     event_loop: str
+    #: CPU microseconds of one trivial task (created, run, awaited) on this loop and
+    #: machine, measured in the same run: the floor of a task per record, and a yardstick
+    #: for comparing figures across machines.
+    task_cpu_us: float
     python: str
     cpu_count: int | None
 
@@ -125,6 +129,18 @@ async def fill_topic(bootstrap: str, topic: str, n: int) -> None:
         await producer.stop()
 
 
+async def task_cost_us(n: int = 20_000) -> float:
+    """CPU microseconds per trivial task: ``n`` created at once, then awaited."""
+
+    async def nothing() -> None:
+        return None
+
+    loop = asyncio.get_running_loop()
+    start = time.process_time()
+    await asyncio.gather(*[loop.create_task(nothing()) for _ in range(n)])
+    return (time.process_time() - start) / n * 1e6
+
+
 def produced_total(metrics: Metrics) -> float:
     total = 0.0
     for family in metrics.records_produced.collect():
@@ -174,6 +190,7 @@ async def run(records: int, *, inflight: int, batch: int, timeout_s: float) -> E
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 30)
         rps = done / elapsed if elapsed > 0 else 0.0
+        task_us = min([await task_cost_us() for _ in range(3)])
         broker_kind = "external" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "embedded"
         return EngineResult(
             records=int(done),
@@ -187,6 +204,7 @@ async def run(records: int, *, inflight: int, batch: int, timeout_s: float) -> E
             max_batch_records=batch,
             broker=broker_kind,
             event_loop=type(asyncio.get_running_loop()).__module__,
+            task_cpu_us=round(task_us, 2),
             python=platform.python_version(),
             cpu_count=os.cpu_count(),
         )
@@ -219,7 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         f"engine ({result.event_loop}): {result.records} records in {result.elapsed_s:.2f}s = "
         f"{result.records_per_s:,.0f} records/s "
         f"({result.ratio_to_target:.2f}x the {TARGET_RPS:,.0f} records/s goal); "
-        f"{result.records_per_cpu_s:,.0f} records per CPU-second of the worker"
+        f"{result.records_per_cpu_s:,.0f} records per CPU-second of the worker "
+        f"({1e6 / result.records_per_cpu_s if result.records_per_cpu_s else 0:.0f} us per "
+        f"record; a bare task costs {result.task_cpu_us:.1f} us on this machine)"
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

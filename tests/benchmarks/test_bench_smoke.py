@@ -8,6 +8,7 @@ creates on first use (in the user cache); it creates it when it does not exist y
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,35 @@ def test_helpers() -> None:
     # Two slots, draws 1,1,2: the third starts at t=1 and ends at t=3.
     assert _common.ideal_makespan([1.0, 1.0, 2.0], 2) == pytest.approx(3.0)
     assert _common.steady_rate([i / 10 for i in range(100)]) == pytest.approx(10.0)
+
+
+def test_engine_smoke(tmp_path: Path) -> None:
+    # Its own process: the benchmark sets the collector up as the worker process does
+    # (gc.freeze and thresholds are process-wide).
+    out = tmp_path / "engine.json"
+    argv = [
+        "-m",
+        "benchmarks.bench_engine",
+        "--records",
+        "5000",
+        "--batch",
+        "200",
+        "--timeout",
+        "60",
+    ]
+    done = subprocess.run(
+        [sys.executable, *argv, "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text())
+    # Counted from the first output seen on: what came before the clock is not counted.
+    assert 0 < r["records"] <= 5000
+    assert r["records_per_s"] > 0 and r["records_per_cpu_s"] > 0
+    ratio = r["records_per_s"] / r["target_records_per_s"]
+    assert r["ratio_to_target"] == pytest.approx(ratio, rel=0.01)
+    assert 0 < r["task_cpu_us"] < 1000
+    assert "records/s" in done.stdout and "a bare task costs" in done.stdout
