@@ -86,6 +86,34 @@ to 0.8 without any queue once the batch is large: on ``bench fleet``'s token mod
 1,000, where throughput still gains 8.6 %. With 1,000 slots per replica the limit
 therefore stops near half of them. Telling the last few per cent of throughput from
 none takes a server-side signal (``vllm:num_requests_waiting``), not latency.
+
+The server's own queue
+----------------------
+5. **Requests waiting at the server** (``llm.server_metrics: auto``): where an
+   endpoint exports vLLM's gauges on its ``/metrics``, a scraper
+   (:mod:`streamsynth.llm.server_metrics`) reads them about once a second and
+   hands them to :meth:`AdaptiveLimiter.on_server_load`. A window with at least two
+   such reads taken while it was measured (after its transient), the latest no
+   older than 5 s, is decided on the server's queue instead of the latency tests of
+   rule 2: its mean ``W`` of ``vllm:num_requests_waiting``.
+
+   * ``W`` above 2 % of the limit (and above one request) means the limit is past
+     the knee by about ``W`` (the attempts in flight are what the server runs plus
+     what it queues): ``L`` goes to ``L - W`` -- at most halving, so that another
+     client's queue cannot take the limit to the floor in one window -- and holds
+     there for ``hold_windows`` windows. Whether the probe was upward, a ramp step
+     or no probe at all (the server lost slots: KV cache pressure, another client).
+   * Otherwise nothing waits and a latency rise is the batch growing, not a queue:
+     a probe is accepted however much latency rose, the ramp keeps doubling, the
+     latency-tolerance cut does not apply, and no probe downward is needed (the
+     server said where its knee is).
+
+   Errors (rules 3 and 4) are untouched. Windows with fewer reads (the short
+   windows of the ramp's start) and endpoints without the gauges (OpenAI, a NIM
+   without metrics, a 404) are decided by latency as above. Since the limit then
+   stops where requests start to wait, it holds the server's batch full with a
+   queue of at most about 2 % of it, whatever latency does; a server shared with
+   other clients pushes it down by their queue as well (at most halving per window).
 """
 
 from __future__ import annotations
@@ -123,6 +151,13 @@ _MAX_WINDOWS = 64
 _SLOWEST_HALF_LIFE_S = 60.0
 #: A closed window is judged once this share of its attempts have reported.
 _MATURE_SHARE = 0.8
+#: The server's gauges decide a window only with this many reads taken inside it...
+_SERVER_READS = 2
+#: ...and only while the latest read is this recent (else the latency law decides).
+_SERVER_STALE_S = 5.0
+#: Mean requests waiting at the server above this share of the limit (and above one)
+#: mean the limit is past the server's knee.
+_SERVER_WAIT_SHARE = 0.02
 
 
 class Phase(Enum):
@@ -156,6 +191,10 @@ class _Window:
     measured: int = 0
     #: When it stopped taking new attempts; its late outcomes still count until judged.
     closed: float | None = None
+    #: The server's own gauges read while it was measured: reads, and the sum of the
+    #: requests waiting at the server over them.
+    server_reads: int = 0
+    server_waiting: float = 0.0
 
     @property
     def finished(self) -> int:
@@ -292,6 +331,7 @@ class AdaptiveLimiter:
         self._noise = 0.0
         self._knee: int | None = None
         self._cuts = 0
+        self._server_at = float("-inf")  # when the server's gauges were last read
         observer.on_concurrency_limit(endpoint=endpoint, limit=self._limit)
 
     # -- introspection --------------------------------------------------------------------
@@ -325,6 +365,11 @@ class AdaptiveLimiter:
     def ready_at(self) -> float:
         """Clock time before which a throttled (429) attempt should not be re-sent."""
         return self._cooldown_until
+
+    @property
+    def server_signal(self) -> bool:
+        """Are the server's own gauges being read (recently enough to decide on)?"""
+        return self._clock() - self._server_at <= _SERVER_STALE_S
 
     # -- slots --------------------------------------------------------------------------
     def try_acquire(self) -> bool:
@@ -437,6 +482,28 @@ class AdaptiveLimiter:
             self._after_outcome()
             return False
         return self._cut(now)
+
+    def on_server_load(self, running: float, waiting: float) -> None:
+        """The server's own view, read now from its metrics: sequences in its running
+        batch and requests waiting to be scheduled (vLLM's ``num_requests_*`` gauges).
+        Only ``waiting`` decides: the knee is where requests start to wait, however
+        many run (fewer than ``max_num_seqs`` when the KV cache is what is full)."""
+        del running
+        if not self.adaptive:
+            return
+        now = self._clock()
+        self._server_at = now
+        window = self._windows[-1]
+        if window.settled_at <= now:  # a read in the transient says little of the limit
+            window.server_reads += 1
+            window.server_waiting += waiting
+
+    def _server_waiting(self, window: _Window) -> float | None:
+        """Mean requests waiting at the server while ``window`` was measured; None when
+        its gauges cannot decide (not exported, stale, or too few reads in it)."""
+        if window.server_reads < _SERVER_READS or not self.server_signal:
+            return None
+        return window.server_waiting / window.server_reads
 
     def _settle_overwhelming(self) -> None:
         """Most attempts sent since the last cut failed: it was load and not enough, so
@@ -590,9 +657,15 @@ class AdaptiveLimiter:
             self._holds = self._hold_windows
             self._set(probe.limit)
             return
+        waiting = self._server_waiting(window)
+        if waiting is not None:
+            self._look_down = False  # the server says where its knee is: no need to guess
+            if waiting > max(1.0, _SERVER_WAIT_SHARE * window.limit):
+                self._server_queued(window.limit, waiting)
+                return
         if probe is not None:
             after = _Point(window.limit, latency, spread)
-            if _queueing(probe, after, self._knee_e):
+            if waiting is None and _queueing(probe, after, self._knee_e):
                 # Past the knee: the extra slots only queued. Go back and hold there.
                 self._knee = probe.limit
                 self._accepted = probe
@@ -602,7 +675,7 @@ class AdaptiveLimiter:
                 self._set(probe.limit)
                 return
             self._accepted = _Point(window.limit, latency)
-        elif self._slowed_down(latency, window.limit):
+        elif waiting is None and self._slowed_down(latency, window.limit):
             self._accepted = _Point(max(self.min_limit, int(window.limit * 0.9)), None)
             self._set(self._accepted.limit)
             return
@@ -618,6 +691,18 @@ class AdaptiveLimiter:
             self._probe_down(here)
         else:
             self._probe_up(here)
+
+    def _server_queued(self, limit: int, waiting: float) -> None:
+        """Requests wait at the server: ``limit`` is past its knee by about as many (the
+        attempts in flight are the server's running plus waiting). Go to where the queue
+        empties -- at most halving, so that other clients' queue cannot take us to the
+        floor in one window -- and hold there."""
+        target = max(self.min_limit, math.floor(limit - waiting), limit // 2)
+        self._knee = target
+        self._phase = Phase.STEADY
+        self._accepted = _Point(target, None)
+        self._holds = self._hold_windows
+        self._set(target)
 
     def _probe_down(self, here: _Point) -> None:
         """Try one step below: a ramp step that straddled the knee was accepted (its
