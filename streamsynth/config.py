@@ -160,6 +160,23 @@ def _checked_urls(base_url: str | None, base_urls: list[str]) -> list[str]:
     return [u.rstrip("/") for u in urls]
 
 
+def _checked_metrics_urls(given: dict[str, str], base_urls: list[str]) -> dict[str, str]:
+    """``server_metrics_urls``: keyed by a configured base URL, each an http(s) URL."""
+    checked: dict[str, str] = {}
+    for base, url in given.items():
+        key = base.rstrip("/")
+        if key not in base_urls:
+            raise ValueError(f"server_metrics_urls: {redact(base)!r} is none of the base urls")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"server_metrics_urls: {redact(url)!r} must start with http:// or https://"
+            )
+        if "@" in url.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("server_metrics_urls: a metrics url must not carry credentials")
+        checked[key] = url
+    return checked
+
+
 class ModelGroupSettings(_Section):
     """One entry of ``llm.models``: a model served by its own replicas, with its own
     limits. Unset fields take the ``llm`` section's value."""
@@ -224,6 +241,12 @@ class LLMSettings(_Section):
     max_concurrency: int = Field(default=1024, ge=1)
     min_concurrency: int = Field(default=4, ge=1)
     adaptive_concurrency: bool = True
+    #: auto: the adaptive limit reads each endpoint's vLLM gauges from its /metrics
+    #: (requests waiting at the server mark the knee; latency for those without);
+    #: off: client latency alone.
+    server_metrics: Literal["auto", "off"] = "auto"
+    #: A base URL's metrics URL where it is not the base URL without /v1, + /metrics.
+    server_metrics_urls: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=120.0, gt=0)
     deadline_s: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=6, ge=1)
@@ -270,6 +293,9 @@ class LLMSettings(_Section):
         self.base_urls = list(dict.fromkeys(u for g in self._groups.values() for u in g.base_urls))
         if self.min_concurrency > self.max_concurrency:
             raise ValueError("min_concurrency must not exceed max_concurrency")
+        self.server_metrics_urls = _checked_metrics_urls(self.server_metrics_urls, self.base_urls)
+        for group in self._groups.values():  # copies made before the keys were normalised
+            group.server_metrics_urls = self.server_metrics_urls
         for group in [self, *self._groups.values()]:
             if group.transport == "openai" and group.max_concurrency > OPENAI_MAX_CONCURRENCY:
                 raise ValueError(

@@ -33,6 +33,7 @@ from streamsynth.llm.errors import APIStatusError, LLMError
 from streamsynth.llm.onwire import mark_on_wire
 from streamsynth.llm.ratelimit import NO_RESERVATION, RateLimiter, Reservation, estimate_tokens
 from streamsynth.llm.retry import is_overload
+from streamsynth.llm.server_metrics import ServerMetricsScraper
 from streamsynth.llm.types import ChatRequest, ChatResult
 
 __all__ = ["Attempt", "AttemptStatus", "Endpoint"]
@@ -51,6 +52,8 @@ class Endpoint:
     breaker: CircuitBreaker
     rate: RateLimiter
     cooldown_until: float = field(default=float("-inf"))
+    #: Reads the server's own queue for the limiter (None: latency alone).
+    scraper: ServerMetricsScraper | None = None
 
     # -- routing (read by the pool) -------------------------------------------------------
     def admits(self, now: float | None = None) -> bool:
@@ -106,11 +109,15 @@ class Endpoint:
         one): the time a slot is granted feeds the limiter's latency signal.
         ``priority`` orders it among the attempts queued for a slot (lower first).
         """
+        if self.scraper is not None:
+            self.scraper.ensure_started()  # needs the running loop: the first attempt has it
         return Attempt(
             self, request, deadline=deadline, clock=clock, sleep=sleep, priority=priority
         )
 
     async def aclose(self) -> None:
+        if self.scraper is not None:
+            await self.scraper.aclose()
         await self.transport.aclose()
 
 

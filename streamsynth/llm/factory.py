@@ -26,6 +26,7 @@ from streamsynth.llm.pool import EndpointPool
 from streamsynth.llm.ratelimit import RateLimiter
 from streamsynth.llm.resilient import ResilientClient
 from streamsynth.llm.retry import RetryPolicy
+from streamsynth.llm.server_metrics import ServerMetricsScraper, default_metrics_url
 from streamsynth.redact import redact
 
 if TYPE_CHECKING:  # config imports this package: no runtime import back
@@ -87,16 +88,18 @@ def build_endpoint(
     # ``label`` names the endpoint in metrics, logs and errors; only the transport sees
     # the URL itself (config rejects credentials in it; this keeps any query token out).
     label = redact(url)
+    limiter = AdaptiveLimiter(
+        label,
+        max_limit=settings.max_concurrency,
+        min_limit=settings.min_concurrency,
+        adaptive=settings.adaptive_concurrency,
+        observer=observer,
+    )
     return Endpoint(
         url=label,
         transport=build_transport(settings, url, api_key),
-        limiter=AdaptiveLimiter(
-            label,
-            max_limit=settings.max_concurrency,
-            min_limit=settings.min_concurrency,
-            adaptive=settings.adaptive_concurrency,
-            observer=observer,
-        ),
+        limiter=limiter,
+        scraper=build_scraper(settings, url, label, limiter),
         breaker=CircuitBreaker(
             label,
             failure_threshold=settings.breaker_failures,
@@ -111,6 +114,16 @@ def build_endpoint(
             observer=observer,
         ),
     )
+
+
+def build_scraper(
+    settings: LLMSettings, url: str, label: str, limiter: AdaptiveLimiter
+) -> ServerMetricsScraper | None:
+    """The reader of the server's own queue for ``limiter`` (None: latency alone)."""
+    if settings.server_metrics == "off" or not settings.adaptive_concurrency:
+        return None
+    metrics_url = settings.server_metrics_urls.get(url) or default_metrics_url(url)
+    return ServerMetricsScraper(label, metrics_url, limiter.on_server_load)
 
 
 def build_group(name: str, settings: LLMSettings, observer: LLMObserver) -> ModelGroup:
