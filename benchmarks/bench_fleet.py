@@ -33,6 +33,12 @@ per replica), documents of ~120 words, answers cut at ``--max-tokens`` 128. A
 decode step takes 8 ms + 0.06 ms per running sequence (23 ms at 256: ~11k
 tokens/s per replica), prefill 0.02 ms per uncached prompt token.
 
+The worker's adaptive limit reads the replicas' ``vllm:num_requests_waiting``
+(``llm.server_metrics: auto``, the default; ``--server-metrics off``: latency alone).
+``--max-num-seqs 1000`` is the case where latency alone stops short (vLLM's default on
+H100/H200 is 1,024): give it ``--max-concurrency 2048 --max-inflight 8192`` so that
+neither bound is the knee.
+
 Goals: goodput >= 0.95 of capacity; the limit within 10 % of the knee.
 Run: ``streamsynth bench fleet [--quick] [--records N]``.
 """
@@ -303,6 +309,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             adaptive_concurrency=True,
             min_concurrency=4,
             routing=args.routing,
+            server_metrics=args.server_metrics,
         )
         metrics_url = f"http://127.0.0.1:{settings['metrics']['port']}/metrics"
         worker = c.WorkerProcess(settings)
@@ -441,7 +448,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> list[str]:
     ramp = "not over" if r["ramp_end_s"] is None else f"ended at {r['ramp_end_s']:.0f} s"
     notes = [
         f"{r['records']} records, {args.replicas} replicas x max_num_seqs {args.max_num_seqs}, "
-        f"1 worker (max_concurrency {args.max_concurrency}/endpoint, adaptive), "
+        f"1 worker (max_concurrency {args.max_concurrency}/endpoint, adaptive, "
+        f"server_metrics {args.server_metrics}), "
         f"completed {r['completed']} (DLQ {r['dlq']}) in {r['elapsed_s']:.0f} s.",
         f"Settled window {lo:.0f}-{hi:.0f} s (start-up ramp {ramp}; 30-90 % of the records "
         f"at most): {r['records_per_s_window']:.0f} records/s; limit min "
@@ -484,6 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inflight", type=int, default=4096, help="worker records in flight")
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--routing", default="least_loaded", help="least_loaded | prefix_affinity")
+    p.add_argument(
+        "--server-metrics",
+        default="auto",
+        choices=["auto", "off"],
+        help="auto: the limit follows the replicas' vllm:num_requests_waiting; off: latency",
+    )
     p.add_argument("--words", type=int, default=120, help="mean words per document")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--capacity-s", type=float, default=20.0)
