@@ -301,7 +301,7 @@ class AdaptiveLimiter:
         self._inflight = 0
         # -- priority waiters (helper I, issue #17): a heap by (priority, arrival), so the
         # next free slot goes to the lowest priority value, first come first served within one.
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[float]]] = []
         self._arrivals = itertools.count()
         start = max_limit
         if adaptive:
@@ -374,10 +374,14 @@ class AdaptiveLimiter:
     # -- slots --------------------------------------------------------------------------
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody is queued (the fast path: no await)."""
+        return self.try_take() is not None
+
+    def try_take(self) -> float | None:
+        """As :meth:`try_acquire`, returning the clock time the slot was taken (pass it
+        to :meth:`on_success` / :meth:`on_overload`), or None when none was free."""
         if self._inflight < self._limit and not self._waiters:
-            self._take()
-            return True
-        return False
+            return self._take()
+        return None
 
     async def acquire(self, priority: int = 0) -> float:
         """Take a slot, queueing if needed; returns the clock time it was granted.
@@ -386,13 +390,14 @@ class AdaptiveLimiter:
         served among equals). Pass the returned time back to :meth:`on_success` /
         :meth:`on_overload`. Bound the wait with ``asyncio.timeout`` around the call.
         """
-        if self.try_acquire():
-            return self._clock()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        taken = self.try_take()
+        if taken is not None:
+            return taken
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._arrivals), waiter))
         queued = self._clock()
         try:
-            await waiter
+            granted = await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 # Granted and cancelled at once: hand the slot on instead of leaking it.
@@ -401,11 +406,10 @@ class AdaptiveLimiter:
                 # Never granted: drop the future now, or waiting/load() would count it.
                 self._discard(waiter)
             raise
-        granted = self._clock()
         self._observer.on_slot_wait(endpoint=self.endpoint, seconds=granted - queued)
         return granted
 
-    def _discard(self, waiter: asyncio.Future[None]) -> None:
+    def _discard(self, waiter: asyncio.Future[float]) -> None:
         # Rare (a cancelled or timed-out waiter): a linear removal and re-heapify is fine.
         for i, entry in enumerate(self._waiters):
             if entry[2] is waiter:
@@ -414,14 +418,22 @@ class AdaptiveLimiter:
                 heapq.heapify(self._waiters)
                 return
 
-    def _take(self) -> None:
+    def _take(self) -> float:
+        """Count a slot taken now; returns now, the attempt's start as the windows saw it.
+
+        The attempt must report that same instant: a cohort is the attempts taken from
+        ``settled_at`` to ``cohort_end``, so a start read from the clock again (later,
+        or after the waiter's task resumed) would fall outside it, the cohort would
+        never be complete, and each window would wait for :meth:`_cohort_lost`.
+        """
+        now = self._clock()
         self._inflight += 1
         window = self._windows[-1]
         if self._inflight > window.peak_inflight:
             window.peak_inflight = self._inflight
         window.started += 1
         if window.started == window.limit and window.settled_at == math.inf:
-            window.settled_at = self._clock()
+            window.settled_at = now
         if window.settled_at != math.inf:
             window.settled_starts += 1
             if self._inflight >= _USED_SHARE * window.limit:
@@ -429,8 +441,9 @@ class AdaptiveLimiter:
             if window.cohort < _window_samples(window.limit):
                 window.cohort += 1
                 if window.cohort == _window_samples(window.limit):
-                    window.cohort_end = self._clock()
+                    window.cohort_end = now
         self._observer.on_inflight(endpoint=self.endpoint, inflight=self._inflight)
+        return now
 
     def release(self) -> None:
         self._inflight -= 1
@@ -441,8 +454,7 @@ class AdaptiveLimiter:
         while self._waiters and self._inflight < self._limit:
             waiter = heapq.heappop(self._waiters)[2]
             if not waiter.done():
-                self._take()
-                waiter.set_result(None)
+                waiter.set_result(self._take())  # the take time, not when its task resumes
 
     # -- signals ------------------------------------------------------------------------
     def on_success(self, attempt_started: float | None = None) -> None:

@@ -199,8 +199,9 @@ class Attempt:
 
     async def _take_slot(self) -> bool:
         limiter = self.endpoint.limiter
-        if limiter.try_acquire():
-            self._started = self._clock()
+        taken = limiter.try_take()
+        if taken is not None:
+            self._started = taken  # the limiter's instant: its cohorts are matched by it
         else:
             self.queued = True
             try:
