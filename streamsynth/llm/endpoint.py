@@ -105,8 +105,9 @@ class Endpoint:
     ) -> Attempt:
         """One attempt of ``request``, to be used as ``async with``; see the module docs.
 
-        ``clock`` must be the limiter's (both ``time.monotonic`` unless a test injects
-        one): the time a slot is granted feeds the limiter's latency signal.
+        ``clock`` bounds the wait for budget and slot against ``deadline``; the start
+        the limiter measures latency from is the instant it counted the slot (its own
+        clock, handed back by ``try_take``/``acquire``), never read again here.
         ``priority`` orders it among the attempts queued for a slot (lower first).
         """
         if self.scraper is not None:
