@@ -2,7 +2,9 @@
 
 Base units only (seconds, bytes), bounded label sets: stage and model names,
 topics and partitions, endpoints from config, error *types*. Never a record id,
-an offset or free text as a label.
+an offset or free text as a label. The instruments are the lock-free ``Loop*``
+kinds of :mod:`streamsynth.metrics.instruments`: every update is made on the
+worker's event-loop thread, several per record.
 """
 
 from __future__ import annotations
@@ -10,19 +12,13 @@ from __future__ import annotations
 import platform
 from typing import Generic, TypeVar
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.metrics import MetricWrapperBase
 
 from streamsynth import __version__
 from streamsynth.llm.observer import LLMObserver
 from streamsynth.llm.types import Usage
+from streamsynth.metrics.instruments import LoopCounter, LoopGauge, LoopHistogram
 
 #: OpenTelemetry GenAI semantic-convention buckets.
 OTEL_DURATION_BUCKETS = (
@@ -73,105 +69,105 @@ class Metrics:
         PlatformCollector(registry=r)
 
         # -- LLM (OpenTelemetry GenAI names) ------------------------------------------
-        self.gen_ai_duration = Histogram(
+        self.gen_ai_duration = LoopHistogram(
             "gen_ai_client_operation_duration_seconds",
             "Duration of a GenAI client operation, retries and backoff included.",
             ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "stage",
              "error_type"],
             buckets=OTEL_DURATION_BUCKETS, registry=r,
         )  # fmt: skip
-        self.gen_ai_tokens = Histogram(
+        self.gen_ai_tokens = LoopHistogram(
             "gen_ai_client_token_usage",
             "Tokens per GenAI operation, as billed (from the response usage).",
             ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_token_type",
              "gen_ai_request_model", "stage"],
             buckets=OTEL_TOKEN_BUCKETS, registry=r,
         )  # fmt: skip
-        self.llm_tokens = Counter(
+        self.llm_tokens = LoopCounter(
             "streamsynth_llm_tokens", "Tokens used, by stage, model and type (input/output).",
             ["stage", "model", "type"], registry=r,
         )  # fmt: skip
-        self.llm_requests = Counter(
+        self.llm_requests = LoopCounter(
             "streamsynth_llm_requests", "HTTP attempts to LLM endpoints, by outcome status.",
             ["stage", "model", "status"], registry=r,
         )  # fmt: skip
-        self.llm_retries = Counter(
+        self.llm_retries = LoopCounter(
             "streamsynth_llm_retries", "Attempts retried, by the error type that caused it.",
             ["stage", "model", "reason"], registry=r,
         )  # fmt: skip
-        self.llm_inflight = Gauge(
+        self.llm_inflight = LoopGauge(
             "streamsynth_llm_inflight_requests", "Requests holding a concurrency slot.",
             ["endpoint"], registry=r,
         )  # fmt: skip
-        self.llm_concurrency_limit = Gauge(
+        self.llm_concurrency_limit = LoopGauge(
             "streamsynth_llm_concurrency_limit", "Current (adaptive) concurrency limit.",
             ["endpoint"], registry=r,
         )  # fmt: skip
-        self.llm_slot_wait = Histogram(
+        self.llm_slot_wait = LoopHistogram(
             "streamsynth_llm_slot_wait_seconds",
             "Time a request queued for a concurrency slot (requests that found none free).",
             ["endpoint"], registry=r,
             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )  # fmt: skip
-        self.llm_cache_hits = Counter(
+        self.llm_cache_hits = LoopCounter(
             "streamsynth_llm_cache_hits", "Requests answered from the response cache.",
             ["stage", "model"], registry=r,
         )  # fmt: skip
-        self.llm_cache_misses = Counter(
+        self.llm_cache_misses = LoopCounter(
             "streamsynth_llm_cache_misses", "Cache lookups that went to the endpoint.",
             ["stage", "model"], registry=r,
         )  # fmt: skip
-        self.llm_cache_entries = Gauge(
+        self.llm_cache_entries = LoopGauge(
             "streamsynth_llm_cache_entries",
             "Answers in the response cache (on disk for sqlite); bounded by its max entries.",
             registry=r,
         )  # fmt: skip
-        self.llm_cache_evictions = Counter(
+        self.llm_cache_evictions = LoopCounter(
             "streamsynth_llm_cache_evictions",
             "Answers the response cache dropped (least recently used) to stay within its bound.",
             registry=r,
         )  # fmt: skip
-        self.llm_cost = Counter(
+        self.llm_cost = LoopCounter(
             "streamsynth_llm_cost_usd", "Money spent, from the configured per-model prices.",
             ["stage", "model"], registry=r,
         )  # fmt: skip
-        self.llm_usage_unknown = Counter(
+        self.llm_usage_unknown = LoopCounter(
             "streamsynth_llm_usage_unknown", "Answers kept without a usable usage block.",
             ["stage", "model"], registry=r,
         )  # fmt: skip
-        self.llm_circuit_open = Gauge(
+        self.llm_circuit_open = LoopGauge(
             "streamsynth_llm_circuit_open", "1 while the endpoint's circuit breaker is open.",
             ["endpoint"], registry=r,
         )  # fmt: skip
-        self.llm_ratelimit_remaining_requests = Gauge(
+        self.llm_ratelimit_remaining_requests = LoopGauge(
             "streamsynth_llm_ratelimit_remaining_requests",
             "Requests left in the window, as reported by x-ratelimit-remaining-requests.",
             ["endpoint"], registry=r,
         )  # fmt: skip
-        self.llm_ratelimit_remaining_tokens = Gauge(
+        self.llm_ratelimit_remaining_tokens = LoopGauge(
             "streamsynth_llm_ratelimit_remaining_tokens",
             "Tokens left in the window, as reported by x-ratelimit-remaining-tokens.",
             ["endpoint"], registry=r,
         )  # fmt: skip
         # -- model groups and routing (issue #17) ---------------------------------------
-        self.llm_endpoint_group = Gauge(
+        self.llm_endpoint_group = LoopGauge(
             "streamsynth_llm_endpoint_group",
             "1 for each endpoint, labelled with its model group (join on endpoint).",
             ["endpoint", "model_group"], registry=r,
         )  # fmt: skip
-        self.llm_routed = Counter(
+        self.llm_routed = LoopCounter(
             "streamsynth_llm_routed",
             "Attempts routed, by replica and route (home: the stage's own replica; spill: "
             "home was full; least_loaded: no affinity).",
             ["model_group", "endpoint", "route"], registry=r,
         )  # fmt: skip
-        self.llm_queue_wait = Histogram(
+        self.llm_queue_wait = LoopHistogram(
             "streamsynth_llm_queue_wait_seconds",
             "Time an attempt waited in the client (rate budget, concurrency slot, global "
             "bound) before it was sent.",
             ["model_group", "stage"], buckets=QUEUE_WAIT_BUCKETS, registry=r,
         )  # fmt: skip
-        self.llm_endpoint_prompt_tokens = Counter(
+        self.llm_endpoint_prompt_tokens = LoopCounter(
             "streamsynth_llm_endpoint_prompt_tokens",
             "Prompt tokens per endpoint, cached=true for those the server's prefix cache "
             "served (usage.prompt_tokens_details.cached_tokens; only servers that report it).",
@@ -179,79 +175,79 @@ class Metrics:
         )  # fmt: skip
 
         # -- records and stages ---------------------------------------------------------
-        self.records_consumed = Counter(
+        self.records_consumed = LoopCounter(
             "streamsynth_records_consumed", "Records fetched from input topics.",
             ["topic"], registry=r,
         )  # fmt: skip
-        self.records_produced = Counter(
+        self.records_produced = LoopCounter(
             "streamsynth_records_produced", "Output records acknowledged by the broker.",
             ["stage", "topic"], registry=r,
         )  # fmt: skip
-        self.records_filtered = Counter(
+        self.records_filtered = LoopCounter(
             "streamsynth_records_filtered", "Records a stage's filters dropped on purpose.",
             ["stage", "reason"], registry=r,
         )  # fmt: skip
-        self.records_skipped = Counter(
+        self.records_skipped = LoopCounter(
             "streamsynth_records_skipped",
             "Rows a stage's `when:` routed past it (finished for it, published nowhere).",
             ["stage"], registry=r,
         )  # fmt: skip
-        self.records_dlq = Counter(
+        self.records_dlq = LoopCounter(
             "streamsynth_records_dlq", "Records sent to the dead-letter topic.",
             ["stage", "reason"], registry=r,
         )  # fmt: skip
-        self.answers_truncated = Counter(
+        self.answers_truncated = LoopCounter(
             "streamsynth_answers_truncated",
             "LLM answers that stopped at max_tokens (finish_reason length), whatever the "
             "stage's on_truncated then did with them.",
             ["stage"], registry=r,
         )  # fmt: skip
-        self.record_e2e_latency = Histogram(
+        self.record_e2e_latency = LoopHistogram(
             "streamsynth_record_e2e_latency_seconds",
             "From the input record's Kafka timestamp to the output's produce ack.",
             ["stage"], buckets=E2E_BUCKETS, registry=r,
         )  # fmt: skip
-        self.stage_duration = Histogram(
+        self.stage_duration = LoopHistogram(
             "streamsynth_stage_duration_seconds", "Time one stage spent on one record.",
             ["stage"], buckets=OTEL_DURATION_BUCKETS, registry=r,
         )  # fmt: skip
-        self.inflight_records = Gauge(
+        self.inflight_records = LoopGauge(
             "streamsynth_inflight_records", "Records fetched and not yet finished.", registry=r
         )
 
         # -- Kafka ----------------------------------------------------------------------
-        self.consumer_lag = Gauge(
+        self.consumer_lag = LoopGauge(
             "streamsynth_consumer_lag_records", "High watermark minus committed offset.",
             ["topic", "partition"], registry=r,
         )  # fmt: skip
-        self.uncommitted = Gauge(
+        self.uncommitted = LoopGauge(
             "streamsynth_uncommitted_records",
             "Records fetched past the committed offset (finished or not).",
             ["topic", "partition"], registry=r,
         )  # fmt: skip
-        self.committed_offset = Gauge(
+        self.committed_offset = LoopGauge(
             "streamsynth_committed_offset", "Last committed offset.",
             ["topic", "partition"], registry=r,
         )  # fmt: skip
-        self.offset_commits = Counter(
+        self.offset_commits = LoopCounter(
             "streamsynth_offset_commits", "Offset commits, by status (ok/failed).",
             ["status"], registry=r,
         )  # fmt: skip
-        self.partitions_assigned = Gauge(
+        self.partitions_assigned = LoopGauge(
             "streamsynth_partitions_assigned", "Partitions assigned to this worker.", registry=r
         )
-        self.partitions_paused = Gauge(
+        self.partitions_paused = LoopGauge(
             "streamsynth_partitions_paused", "Partitions paused for backpressure.", registry=r
         )
-        self.rebalances = Counter(
+        self.rebalances = LoopCounter(
             "streamsynth_rebalances", "Partition assignments and revocations.",
             ["event"], registry=r,
         )  # fmt: skip
-        self.event_loop_lag = Gauge(
+        self.event_loop_lag = LoopGauge(
             "streamsynth_event_loop_lag_seconds",
             "How late a periodic event-loop callback ran (last sample).", registry=r,
         )  # fmt: skip
-        self.build_info = Gauge(
+        self.build_info = LoopGauge(
             "streamsynth_build_info", "Build information (value is always 1).",
             ["version", "python"], registry=r,
         )  # fmt: skip
