@@ -443,6 +443,12 @@ class Worker:
         (:mod:`~streamsynth.kafka.shutdown`)."""
         self.health.mark_stopping()
         stop = self._stop = Shutdown(self.settings.worker.shutdown_timeout_s)
+        # With "partitions released" and "worker stopped", this line dates each step of
+        # a shutdown in the log (a stop that hangs shows where).
+        log.info(
+            "shutting down",
+            extra={"in_window": self.window.count, "shutdown_timeout_s": stop.deadline.budget_s},
+        )
         run = self._run
         try:
             if run is not None and self.window.parts:
