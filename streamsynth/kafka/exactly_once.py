@@ -14,7 +14,11 @@ What changes against the at-least-once :class:`~streamsynth.kafka.worker.Worker`
   consumer re-reads the committed offset, so records are fetched from what the
   last committed transaction says;
 - on revoke and shutdown the drained prefix is committed in a final transaction,
-  then what is still held is dropped and any open transaction aborted;
+  then what is still held is dropped and any open transaction aborted; at shutdown
+  each of these steps is bounded by what is left of ``shutdown_timeout_s``, and the
+  commit round in flight when the worker stops is finished (within that), not cut
+  off mid-transaction (see "Interrupted transactions" in
+  :mod:`~streamsynth.kafka.transactions`);
 - ``ProducerFenced``: the worker logs it, commits nothing more for the partition,
   stops and exits with :data:`FENCED_EXIT_CODE`.
 """
@@ -31,7 +35,12 @@ from aiokafka.errors import KafkaError
 
 from streamsynth.kafka.inflight import Job, PartitionState
 from streamsynth.kafka.routing import Publication
-from streamsynth.kafka.transactions import CommitReport, TransactionalSink, check_settings
+from streamsynth.kafka.transactions import (
+    CLOSE_TIMEOUT_S,
+    CommitReport,
+    TransactionalSink,
+    check_settings,
+)
 from streamsynth.kafka.worker import Worker
 
 log = logging.getLogger("streamsynth.kafka.exactly_once")
@@ -48,6 +57,8 @@ class ExactlyOnceWorker(Worker):
     _txn: TransactionalSink | None = None
     #: Finished records per partition whose transaction has not committed yet.
     _held: dict[TopicPartition, int]
+    #: The commit loop's round in progress (kept: the loop's cancel does not stop it).
+    _round: asyncio.Task[bool] | None = None
 
     async def _start(self) -> None:
         check_settings(self.settings)
@@ -105,36 +116,62 @@ class ExactlyOnceWorker(Worker):
         txn = self._txn
         assert txn is not None
         while True:
+            # Not asyncio.wait_for: on Python 3.11 it returns, swallowing the cancel, when
+            # the event was set just before the worker cancelled this loop on stopping;
+            # the loop then ran rounds forever and the shutdown never began.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(txn.wants_commit.wait(), interval)
-            await self.commit()
+                async with asyncio.timeout(interval):
+                    await txn.wants_commit.wait()
+            if self._stopping:
+                return  # the shutdown's final commit takes over
+            # Shielded: the worker cancels this loop when it stops, and a round cut off
+            # mid-transaction has an unknown outcome, so its partitions could commit
+            # nothing more. The final commit waits for the round (the commit lock),
+            # within the shutdown deadline.
+            self._round = asyncio.ensure_future(self.commit())
+            await asyncio.shield(self._round)
             await asyncio.sleep(MIN_ROUND_GAP_S)
 
     async def commit(self, parts: Sequence[PartitionState] | None = None) -> bool:
-        """One transaction per partition: its finished prefix's messages and offset."""
+        """One transaction per partition: its finished prefix's messages and offset.
+
+        While stopping, bounded by what is left of the shutdown (waiting for the
+        round in flight included); False when it timed out. A transaction cut off
+        then leaves its partition unresolved (nothing more is committed for it).
+        """
+        stop = self._stop
+        try:
+            async with asyncio.timeout(None if stop is None else stop.deadline.left()):
+                async with self._commit_lock:
+                    return await self._commit_round(parts)
+        except TimeoutError:
+            self.metrics.offset_commits.labels("failed").inc()
+            log.warning("transactions timed out (shutdown deadline)")
+            return False
+
+    async def _commit_round(self, parts: Sequence[PartitionState] | None) -> bool:
         txn = self._txn
         assert txn is not None
-        async with self._commit_lock:
-            chosen = list(self.window.parts.values()) if parts is None else list(parts)
-            positions = {}
-            for part in chosen:
-                position = part.tracker.committable()
-                if not part.closed and position is not None:
-                    positions[part.tp] = position
-            report = await txn.commit(positions) if positions else CommitReport()
-            by_tp = {part.tp: part for part in chosen}
-            for tp, n in report.committed.items():
-                by_tp[tp].committed(positions[tp])
-                self._held[tp] = self._held.get(tp, 0) - n
-                self._release_slots(n)
-            if report.committed:
-                self.metrics.offset_commits.labels("ok").inc()
-            if report.failed:
-                self.metrics.offset_commits.labels("failed").inc()
-            for tp in report.fenced:
-                self._on_fenced(tp)
-            self._update_gauges(self.running.source, chosen)
-            return not report.failed and not report.fenced
+        chosen = list(self.window.parts.values()) if parts is None else list(parts)
+        positions = {}
+        for part in chosen:
+            position = part.tracker.committable()
+            if not part.closed and position is not None:
+                positions[part.tp] = position
+        report = await txn.commit(positions) if positions else CommitReport()
+        by_tp = {part.tp: part for part in chosen}
+        for tp, n in report.committed.items():
+            by_tp[tp].committed(positions[tp])
+            self._held[tp] = self._held.get(tp, 0) - n
+            self._release_slots(n)
+        if report.committed:
+            self.metrics.offset_commits.labels("ok").inc()
+        if report.failed:
+            self.metrics.offset_commits.labels("failed").inc()
+        for tp in report.fenced:
+            self._on_fenced(tp)
+        self._update_gauges(self.running.source, chosen)
+        return not report.failed and not report.fenced
 
     def _on_fenced(self, tp: TopicPartition) -> None:
         """Another worker took this partition over: stop its work, commit nothing, exit."""
@@ -187,15 +224,29 @@ class ExactlyOnceWorker(Worker):
         txn = self._txn
         assert txn is not None
         tps = [part.tp for part in parts]
-        dropped = await txn.close(tps)  # aborts an open transaction; never half-committed
+        # Aborts an open transaction (never half-committed), within the bound.
+        dropped, stopped = await txn.close(tps, self._close_timeout())
         for tp in tps:
             self._release_slots(self._held.pop(tp, 0))
         if dropped:
             log.info("held records dropped (redone by the next owner)", extra={"n": dropped})
+        if not stopped:
+            self._abandon_close(len(tps))
+
+    def _close_timeout(self) -> float:
+        return CLOSE_TIMEOUT_S if self._stop is None else self._stop.deadline.left()
+
+    def _abandon_close(self, n: int) -> None:
+        what = f"closing the transactional producers of {n} partitions"
+        if self._stop is not None:
+            self._stop.abandon(what)
+        else:
+            log.warning(f"{what} timed out: their connections were dropped")
 
     async def _shutdown(self) -> None:
         try:
             await super()._shutdown()
         finally:
             if self._txn is not None:
-                await self._txn.stop()
+                # Partitions a failed release left open (none after a normal stop).
+                await self._txn.stop(self._close_timeout())

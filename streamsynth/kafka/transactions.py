@@ -38,6 +38,18 @@ commit round reports it so the worker stops and exits with a clear log line
 Revoke and shutdown: the worker drains, commits the final prefix in one last
 transaction, then :meth:`TransactionalSink.close` drops what is still held and
 aborts any open transaction. Each transaction commits whole or not at all.
+
+Interrupted transactions. aiokafka waits for the broker's answers without a bound,
+so the worker bounds a shutdown's transactions by its deadline and cancels what
+runs past it. A transaction cancelled before its commit or abort returned has an
+unknown outcome (the broker may still commit it), so its producer is left
+*unresolved*: it commits nothing more, and its held messages are dropped at close
+(the next owner's ``init_transactions`` settles the transaction either way; a
+committed one moved the offset with the messages, an aborted one is redone). A
+cancelled transaction is not aborted on the spot: waiting for the abort is what
+the cancel was meant to stop, and ``abort_transaction`` while the commit is in
+flight is an invalid state change in aiokafka (an AssertionError, which was once
+taken here for a fence: a SIGTERM during a commit made the worker exit 3).
 """
 
 from __future__ import annotations
@@ -73,6 +85,11 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: How long the start-up probe waits for the broker's InitProducerId answer.
 PROBE_TIMEOUT_S = 15.0
+#: How long closing the producers may take outside a shutdown (a revoke): a healthy
+#: broker answers an abort in milliseconds.
+CLOSE_TIMEOUT_S = 5.0
+#: How long dropping the connections of a producer that did not stop in time may take.
+DROP_TIMEOUT_S = 1.0
 
 
 class TransactionsUnsupportedError(ConfigError):
@@ -159,6 +176,12 @@ class PartitionFencedError(StreamsynthError, RuntimeError):
     error_type = "producer_fenced"
 
 
+class TransactionUnresolvedError(StreamsynthError, RuntimeError):
+    """The partition's last transaction was interrupted: its outcome is unknown."""
+
+    error_type = "transaction_unresolved"
+
+
 class PartitionTxn:
     """One input partition's transactional producer and the messages held for it."""
 
@@ -169,6 +192,9 @@ class PartitionTxn:
         self.held: dict[int, _Held] = {}
         self.held_bytes = 0
         self.fenced = False
+        #: A transaction was interrupted before its commit or abort returned (see the
+        #: module doc): this producer commits nothing more.
+        self.unresolved = False
         self.committed: int | None = None
         self.lock = asyncio.Lock()
         self._partitions: dict[str, list[int]] = {}
@@ -184,12 +210,17 @@ class PartitionTxn:
         """Send the held messages below ``position`` and commit them with that offset.
 
         Returns how many records the transaction covered (0: nothing to do). Raises
-        :class:`PartitionFencedError` once fenced, ``KafkaError`` when the transaction
-        was aborted (the messages stay held for the next round).
+        :class:`PartitionFencedError` once fenced, :class:`TransactionUnresolvedError`
+        after an interrupted transaction, ``KafkaError`` when the transaction was
+        aborted (the messages stay held for the next round).
         """
         async with self.lock:
             if self.fenced:
                 raise PartitionFencedError(self.transactional_id)
+            if self.unresolved:
+                # Its messages may be committed already: sending them again could
+                # duplicate them.
+                raise TransactionUnresolvedError(self.transactional_id)
             ready = sorted(offset for offset in self.held if offset < position)
             if not ready and self.committed is not None and position <= self.committed:
                 return 0
@@ -205,6 +236,9 @@ class PartitionTxn:
 
     async def _transaction(self, ready: list[int], position: int, group_id: str) -> None:
         producer = self.producer
+        # Set until the commit or the abort returns: a cancel anywhere in between
+        # leaves it set (see the module doc).
+        self.unresolved = True
         await producer.begin_transaction()
         try:
             futures = await self._send(ready)
@@ -214,9 +248,11 @@ class PartitionTxn:
             await producer.commit_transaction()
         except FATAL_ERRORS:
             raise
-        except BaseException:
+        except Exception:
             await self._abort()
+            self.unresolved = False
             raise
+        self.unresolved = False
 
     async def _abort(self) -> None:
         """Abort the open transaction; a producer that cannot abort is fenced for good."""
@@ -287,8 +323,23 @@ class PartitionTxn:
         self.held_bytes = 0
         return dropped
 
-    async def close(self) -> None:
-        """Abort an open transaction (if any) and stop the producer."""
+    async def close(self, timeout_s: float) -> bool:
+        """Abort an open transaction (if any) and stop the producer, within ``timeout_s``.
+
+        False when that did not finish in time (a transaction still running holds the
+        lock, or the broker does not answer): the producer's connections are then
+        dropped, and the transaction is settled by the next owner's
+        ``init_transactions`` (or the broker's transaction timeout).
+        """
+        try:
+            await asyncio.wait_for(self._close(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.producer.client.close(), DROP_TIMEOUT_S)
+            return False
+        return True
+
+    async def _close(self) -> None:
         async with self.lock:
             txn = self.producer._txn_manager
             if txn is not None and txn.is_in_transaction():
@@ -366,6 +417,8 @@ class TransactionalSink:
         for (part, _), result in zip(chosen, results, strict=True):
             if isinstance(result, PartitionFencedError):
                 report.fenced.append(part.tp)
+            elif isinstance(result, TransactionUnresolvedError):
+                report.failed.append(part.tp)  # its records are redone by the next owner
             elif isinstance(result, BaseException):
                 report.failed.append(part.tp)
                 log.warning(
@@ -387,16 +440,20 @@ class TransactionalSink:
         part = self.parts.get(tp)
         return part is not None and part.fenced
 
-    async def close(self, tps: Iterable[TopicPartition]) -> int:
-        """Drop what is still held for ``tps``, abort their open transactions, stop them.
+    async def close(
+        self, tps: Iterable[TopicPartition], timeout_s: float = CLOSE_TIMEOUT_S
+    ) -> tuple[int, bool]:
+        """Drop what is still held for ``tps``, abort their open transactions, stop them,
+        all within ``timeout_s``.
 
-        Returns the number of held records dropped (redone by the next owner).
+        Returns the number of held records dropped (redone by the next owner) and
+        whether every producer stopped in time (see :meth:`PartitionTxn.close`).
         """
         parts = [self.parts.pop(tp) for tp in list(tps) if tp in self.parts]
         dropped = sum(part.drop() for part in parts)
-        await asyncio.gather(*(part.close() for part in parts))
+        stopped = await asyncio.gather(*(part.close(timeout_s) for part in parts))
         self._recount()
-        return dropped
+        return dropped, all(stopped)
 
-    async def stop(self) -> int:
-        return await self.close(list(self.parts))
+    async def stop(self, timeout_s: float = CLOSE_TIMEOUT_S) -> tuple[int, bool]:
+        return await self.close(list(self.parts), timeout_s)

@@ -180,7 +180,7 @@ async def test_close_drops_held_records_and_an_abandoned_transaction_stays_invis
     await part.producer.begin_transaction()
     await part.producer.send_and_wait(names["out"], b"half", key=b"h")
     sink.hold(tp, 0, [_msg(names["out"], 0)])
-    assert await sink.close([tp]) == 1
+    assert await sink.close([tp]) == (1, True)
     assert tp not in sink.parts and sink.held_records == 0
     # The next owner starts cleanly and commits; the aborted data never shows.
     nxt = TransactionalSink(settings)

@@ -1,0 +1,233 @@
+"""Interrupted transactions and the bounded exactly-once shutdown, without a broker.
+
+The fake producer runs aiokafka's own transaction state machine
+(``TransactionManager``) and answers each broker round trip when the test says so,
+or never: what a slow or silent broker looks like to the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.producer.transaction_manager import TransactionManager
+
+from streamsynth.config import Settings, settings_from_dict
+from streamsynth.kafka.exactly_once import ExactlyOnceWorker
+from streamsynth.kafka.shutdown import MIN_STEP_S, Shutdown
+from streamsynth.kafka.transactions import (
+    PartitionTxn,
+    TransactionalSink,
+    TransactionUnresolvedError,
+)
+from streamsynth.kafka.worker import _Running
+
+TP = TopicPartition("in", 0)
+#: What a bounded step may take beyond its bound on a loaded 2-core machine.
+SLACK_S = 2.0
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class _Producer:
+    """The calls PartitionTxn makes; those named in ``hang`` wait for ``answer``."""
+
+    def __init__(self, *hang: str) -> None:
+        self._txn_manager = TransactionManager("in.0", 60_000)
+        self._txn_manager.set_pid_and_epoch(1, 0)
+        self.hang = set(hang)
+        self.answer = asyncio.Event()  # set: the broker answers the hanging calls
+        self.waiting = asyncio.Event()  # set: a call waits for the broker
+        self.calls: list[str] = []
+        self.client = _Client()
+
+    async def _round_trip(self, call: str) -> None:
+        self.calls.append(call)
+        if call in self.hang:
+            self.waiting.set()
+            await self.answer.wait()
+
+    async def begin_transaction(self) -> None:
+        await self._round_trip("begin")
+        self._txn_manager.begin_transaction()
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        await self._round_trip("offsets")
+
+    async def commit_transaction(self) -> None:
+        self._txn_manager.committing_transaction()  # as aiokafka: the state moves first
+        await self._round_trip("commit")
+        self._txn_manager.complete_transaction()
+
+    async def abort_transaction(self) -> None:
+        self._txn_manager.aborting_transaction()  # raises in COMMITTING, as aiokafka's does
+        await self._round_trip("abort")
+        self._txn_manager.complete_transaction()
+
+    async def stop(self) -> None:
+        await self._round_trip("stop")
+
+
+def _part(*hang: str) -> tuple[PartitionTxn, _Producer]:
+    producer = _Producer(*hang)
+    return PartitionTxn(TP, "in.0", producer), producer  # type: ignore[arg-type]
+
+
+async def _cut_off(part: PartitionTxn, producer: _Producer) -> None:
+    """Start a commit, cancel it once it waits for the broker; the cancel must land at once."""
+    task = asyncio.create_task(part.commit(10, "group"))
+    await producer.waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, SLACK_S)
+
+
+async def test_a_commit_cut_off_mid_commit_is_unresolved_not_fenced() -> None:
+    # The cancel lands while EndTxn(commit) is in flight: an abort is an invalid state
+    # change there (it once raised, read as ProducerFenced: exit 3 after a SIGTERM).
+    part, producer = _part("commit")
+    await _cut_off(part, producer)
+    assert not part.fenced
+    assert part.unresolved
+    assert "abort" not in producer.calls
+    # The broker may still commit it: its messages must never be sent again.
+    with pytest.raises(TransactionUnresolvedError):
+        await part.commit(10, "group")
+
+
+async def test_a_cancel_does_not_wait_for_an_abort_the_broker_never_answers() -> None:
+    part, producer = _part("offsets", "abort")
+    await _cut_off(part, producer)  # would wait forever on the abort
+    assert part.unresolved and not part.fenced
+
+
+async def test_a_transaction_that_completes_leaves_the_partition_resolved() -> None:
+    part, producer = _part()
+    assert await part.commit(10, "group") == 0  # nothing held: an offset-only transaction
+    assert not part.unresolved and part.committed == 10
+    assert producer.calls == ["begin", "offsets", "commit"]
+
+
+async def test_close_gives_up_on_a_producer_that_does_not_stop() -> None:
+    part, producer = _part("stop")
+    t0 = time.monotonic()
+    assert not await part.close(0.1)
+    assert time.monotonic() - t0 < 0.1 + SLACK_S
+    assert producer.client.closed  # its connections dropped: nothing holds the exit
+
+
+async def test_close_does_not_wait_past_its_bound_for_a_transaction_in_flight() -> None:
+    part, producer = _part("commit")
+    commit = asyncio.create_task(part.commit(10, "group"))
+    await producer.waiting.wait()  # the commit holds the partition's lock
+    assert not await part.close(0.1)
+    assert producer.client.closed
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(commit, SLACK_S)
+
+
+# -- the worker ------------------------------------------------------------------------------
+def _settings() -> Settings:
+    return settings_from_dict(
+        {
+            "kafka": {
+                "bootstrap_servers": "127.0.0.1:1",  # never contacted
+                "group_id": "group",
+                "input_topic": "in",
+                "dlq_topic": "dlq",
+                "processing_guarantee": "exactly_once",
+            },
+            "llm": {"base_url": "http://127.0.0.1:1/v1", "model": "m"},
+            "stages": [
+                {"task": "custom", "prompt": "{document}", "output_field": "o", "output_topic": "o"}
+            ],
+            "worker": {"commit_interval_s": 0.01},
+        }
+    )
+
+
+class _Source:
+    def lag(self, tp: TopicPartition, committed: int | None) -> int | None:
+        return None
+
+
+def _worker(producer: _Producer) -> ExactlyOnceWorker:
+    """A worker owning partition TP with record 0 finished (due to commit), no Kafka."""
+    settings = _settings()
+    worker = ExactlyOnceWorker(settings)
+    worker._held = {}
+    txn = worker._txn = TransactionalSink(settings)
+    txn.parts[TP] = PartitionTxn(TP, "in.0", producer)  # type: ignore[arg-type]
+    worker.window.assign({TP})
+    state = worker.window.parts[TP]
+    state.tracker.add(0)
+    state.tracker.done(0)
+    worker._run = _Running(_Source(), None, None)  # type: ignore[arg-type]
+    return worker
+
+
+async def test_the_final_commit_is_bounded_by_the_shutdown_deadline() -> None:
+    producer = _Producer("commit")  # the broker never answers EndTxn
+    worker = _worker(producer)
+    worker._stop = Shutdown(0.2)
+    t0 = time.monotonic()
+    assert not await worker.commit()
+    assert time.monotonic() - t0 < 0.2 + MIN_STEP_S + SLACK_S
+    assert worker._txn is not None and worker._txn.parts[TP].unresolved  # commits nothing more
+
+
+async def test_stopping_the_commit_loop_lets_its_round_in_flight_finish() -> None:
+    producer = _Producer("commit")
+    worker = _worker(producer)
+    loop = asyncio.create_task(worker._commit_loop())
+    await producer.waiting.wait()  # a round is in commit_transaction
+    loop.cancel()  # what Worker.run does when the worker stops
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+    producer.answer.set()
+    round_ = worker._round
+    assert round_ is not None
+    assert await asyncio.wait_for(round_, SLACK_S)  # committed, not cut off
+    part = worker._txn.parts[TP] if worker._txn is not None else None
+    assert part is not None and not part.unresolved and not part.fenced
+    assert part.committed == 1
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 3])
+async def test_the_commit_loop_ends_when_cancelled_just_after_a_commit_was_wanted(
+    steps: int,
+) -> None:
+    # asyncio.wait_for (3.11) swallowed a cancel landing once the event it waited for
+    # was set: the loop then ran forever and the worker never began its shutdown.
+    worker = _worker(_Producer())
+    txn = worker._txn
+    assert txn is not None
+    loop = asyncio.create_task(worker._commit_loop())
+    await asyncio.sleep(0)  # the loop waits for the event
+    txn.wants_commit.set()  # a record passed the held bound
+    for _ in range(steps):  # yields, not a timed wait: where the cancel lands
+        await asyncio.sleep(0)
+    worker.request_stop()
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(loop, SLACK_S)
+
+
+async def test_the_commit_loop_stops_by_itself_once_the_worker_stops() -> None:
+    worker = _worker(_Producer())
+    txn = worker._txn
+    assert txn is not None
+    worker.request_stop()
+    txn.wants_commit.set()
+    await asyncio.wait_for(worker._commit_loop(), SLACK_S)  # returns: no round started
+    assert worker._round is None
