@@ -169,6 +169,8 @@ def worker_config(
 
 #: ``streamsynth run``, through the interpreter running us (the right virtualenv).
 RUN_COMMAND = ("-m", "streamsynth.cli.main", "run")
+#: How much of a worker's log a failed exit shows (the shutdown's last dozen lines or so).
+EXIT_LOG_TAIL_CHARS = 6000
 _METRICS_PORT = re.compile(r'"(?:msg|message)":\s*"metrics server listening".*?"port":\s*(\d+)')
 
 
@@ -239,6 +241,28 @@ class WorkerProcess:
     def wait(self, timeout_s: float) -> int:
         assert self.proc is not None, "not started"
         return self.proc.wait(timeout=timeout_s)
+
+    def wait_exit(self, timeout_s: float, expect: int | None = None) -> int:
+        """The exit status within ``timeout_s`` (``expect``: it must be that one).
+
+        A worker still running then, or exiting otherwise, fails with an
+        AssertionError carrying the tail of its log, so the failure says which
+        shutdown step it hung in or what it reported. A worker still running is
+        left so: :meth:`stop` ends it.
+        """
+        try:
+            code = self.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.name} still running {timeout_s:g} s later; its log ends:\n"
+                f"{self.log_tail(EXIT_LOG_TAIL_CHARS)}"
+            ) from None
+        if expect is not None and code != expect:
+            raise AssertionError(
+                f"{self.name} exited {code}, not {expect}; its log ends:\n"
+                f"{self.log_tail(EXIT_LOG_TAIL_CHARS)}"
+            )
+        return code
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
