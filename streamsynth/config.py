@@ -477,7 +477,8 @@ def check_response_format(value: dict[str, Any]) -> None:
 class WorkerSettings(_Section):
     max_batch_records: int = Field(default=500, ge=1)
     max_batch_wait_ms: int = Field(default=100, ge=0)
-    #: Records fetched but not finished; above it, partitions are paused.
+    #: Records fetched and in the stages; as many again may await their outputs' acks
+    #: (kafka/inflight.py). When either part reaches it, partitions are paused.
     max_inflight_records: int = Field(default=4_096, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)

@@ -105,10 +105,7 @@ class ExactlyOnceWorker(Worker):
 
     def _release_slots(self, n: int) -> None:
         """Give back window slots of records whose transaction committed (or was dropped)."""
-        window = self.window
-        window.count -= n
-        if window.count <= window.resume_at:
-            window.room.set()
+        self.window.release(n)
 
     # -- commit rounds -------------------------------------------------------------------
     async def _commit_loop(self) -> None:

@@ -12,10 +12,16 @@ an explicit :class:`PartitionStatus`::
 
 :class:`InflightWindow` owns every partition's state and the one count of records
 fetched and not finished (``count``; always the sum of the partitions' job sets,
-which change only through the window). When the count reaches ``max_inflight``
-every assigned partition is paused; they are resumed when it falls to
-``resume_at`` (hysteresis, so the consumer does not flap). The window decides; the
-worker applies the decision to the consumer, so this module needs no Kafka client.
+which change only through the window). Of those, the ones whose outputs are all
+handed to the sink and only await the broker's acknowledgement (``publishing``,
+see :meth:`InflightWindow.published`) are bounded apart from the rest
+(``working``): each part by ``max_inflight``. A broker round trip must not hold a
+slot meant for work in the stages: where a stage answers at once (a cache replay)
+the window otherwise fills with records waiting for acks while the worker idles.
+When either part reaches ``max_inflight`` every assigned partition is paused; they
+are resumed when both are down to ``resume_at`` (hysteresis, so the consumer does
+not flap). The window decides; the worker applies the decision to the consumer, so
+this module needs no Kafka client.
 
 State-changing methods say who calls them ("Caller") and what they change
 ("Affects"), as aiokafka's ``subscription_state`` does.
@@ -58,6 +64,8 @@ class Job:
     finished: bool = False
     #: An LLM request of this record was sent (set by :mod:`streamsynth.llm.onwire`).
     on_wire: bool = False
+    #: Every output handed to the sink: counted in ``publishing``, not ``working``.
+    published: bool = False
 
 
 class PartitionState:
@@ -115,12 +123,27 @@ class InflightWindow:
         self.backpressure = False
         #: Records fetched and not finished, over all partitions.
         self.count = 0
-        #: Set when the count falls to ``resume_at``: the consume loop waits on it.
+        #: Of ``count``, those only awaiting the broker's acknowledgement.
+        self.publishing = 0
+        #: Set when both parts fall to ``resume_at``: the consume loop waits on it.
         self.room = asyncio.Event()
 
     @property
+    def working(self) -> int:
+        """Records in flight that are not yet (all) handed to the sink."""
+        return self.count - self.publishing
+
+    @property
     def free(self) -> int:
-        return self.max_inflight - self.count
+        return self.max_inflight - self.working
+
+    @property
+    def full(self) -> bool:
+        return self.working >= self.max_inflight or self.publishing >= self.max_inflight
+
+    def _note_room(self) -> None:
+        if self.working <= self.resume_at and self.publishing <= self.resume_at:
+            self.room.set()
 
     # -- assignment -----------------------------------------------------------------------
     def assign(self, tps: set[TopicPartition]) -> list[TopicPartition]:
@@ -180,22 +203,36 @@ class InflightWindow:
         self.count += 1
         return job
 
+    def published(self, job: Job) -> None:
+        """Every output of the record is with the sink: it now awaits only acknowledgements.
+
+        Caller: the worker, after submitting the record's publications (not the
+        exactly-once worker, whose records are held instead). Affects: job.published,
+        publishing, room.
+        """
+        if job.finished or job.published:
+            return
+        job.published = True
+        self.publishing += 1
+        self._note_room()
+
     def finish(self, job: Job) -> None:
         """The record is done (every publication acknowledged): its offset may be committed.
 
         Caller: the worker's acknowledgement path. Affects: job.finished, part.jobs,
-        part.tracker (unless closed), part.idle, count, room.
+        part.tracker (unless closed), part.idle, count, publishing, room.
         """
         job.finished = True
         part = job.part
         part.jobs.discard(job)
         self.count -= 1
+        if job.published:
+            self.publishing -= 1
         if not part.closed:
             part.tracker.done(job.msg.offset)
         if not part.jobs:
             part.idle.set()
-        if self.count <= self.resume_at:
-            self.room.set()
+        self._note_room()
 
     def hold(self, job: Job) -> None:
         """The record is done, but its slot stays taken until :meth:`release`.
@@ -204,6 +241,7 @@ class InflightWindow:
         committed with them, while the window still counts the record (bounded memory).
         Caller: the exactly-once worker. Affects: as :meth:`finish`, but not count or room.
         """
+        assert not job.published, "a held record is never counted as publishing"
         job.finished = True
         part = job.part
         part.jobs.discard(job)
@@ -218,8 +256,7 @@ class InflightWindow:
         Caller: as :meth:`hold`, once the transaction resolved. Affects: count, room.
         """
         self.count -= n
-        if self.count <= self.resume_at:
-            self.room.set()
+        self._note_room()
 
     def resume_finished(
         self, committed: Mapping[TopicPartition, tuple[int, str]]
@@ -259,35 +296,38 @@ class InflightWindow:
             if not part.jobs:
                 part.idle.set()
         self.count -= released
-        if self.count <= self.resume_at:
-            self.room.set()
+        self._note_room()
         return released
 
     def _abandon(self, part: PartitionState) -> int:
         jobs = list(part.jobs)
         for job in jobs:
             job.finished = True
+            if job.published:
+                self.publishing -= 1
             if job.task is not None and not job.task.done():
                 job.task.cancel()
         part.jobs.clear()
         part.idle.set()
         self.count -= len(jobs)
-        if self.count <= self.resume_at:
-            self.room.set()
+        self._note_room()
         return len(jobs)
 
     # -- backpressure ---------------------------------------------------------------------
     def update_backpressure(self) -> tuple[list[TopicPartition], list[TopicPartition]]:
-        """Pause everything at ``max_inflight``, resume at ``resume_at``: (to_pause, to_resume).
+        """Pause everything when a part is at ``max_inflight``, resume when both are down to
+        ``resume_at``: (to_pause, to_resume).
 
         Caller: the consume loop, before each fetch. Affects: backpressure, paused.
         """
-        if not self.backpressure and self.count >= self.max_inflight:
+        if not self.backpressure and self.full:
             self.backpressure = True
             to_pause = [tp for tp in self.parts if tp not in self.paused]
             self.paused.update(to_pause)
             return to_pause, []
-        if self.backpressure and self.count <= self.resume_at:
+        if self.backpressure and self.working <= self.resume_at and (
+            self.publishing <= self.resume_at
+        ):
             self.backpressure = False
             to_resume = [tp for tp in self.paused if self.parts[tp].fetching]
             self.paused.difference_update(to_resume)

@@ -289,6 +289,8 @@ class Worker:
         submit = self.running.sink.submit
         for pub in pubs:
             submit(pub.out, partial(self._on_ack, job, pub))
+        # Its slot for work in the stages is free now; it waits for acks in the other part.
+        self.window.published(job)
 
     def _on_ack(self, job: Job, pub: Publication, exc: BaseException | None) -> None:
         if job.finished:

@@ -102,3 +102,42 @@ async def test_a_held_record_is_done_but_keeps_its_slot_until_released() -> None
     assert window.count == 2 and not window.room.is_set()  # still counted: memory bound
     window.release(1)
     assert window.count == 1 and window.room.is_set()
+
+
+async def test_a_published_record_frees_its_working_slot() -> None:
+    """Records awaiting acks do not hold slots for work: the window takes on more."""
+    window = InflightWindow(max_inflight=2, resume_fraction=0.5)
+    window.assign({TP0})
+    a, b = _admit(window, TP0, 0, 1)
+    assert window.full and window.free == 0
+    window.update_backpressure()
+    window.published(a)
+    window.published(b)
+    window.published(b)  # twice is once
+    assert (window.count, window.working, window.publishing) == (2, 0, 2)
+    # The publishing part is full too: still paused until both parts have room.
+    assert window.full and window.update_backpressure() == ([], [])
+    window.finish(a)
+    assert (window.count, window.publishing) == (1, 1) and window.room.is_set()
+    assert window.update_backpressure() == ([], [TP0])
+    c, d = _admit(window, TP0, 2, 3)
+    assert window.working == 2 and window.full  # two working, one publishing
+    # Offsets commit only once acknowledged: b (1) is published, not done.
+    assert window.parts[TP0].to_commit() == 1
+    window.finish(b)
+    assert window.parts[TP0].to_commit() == 2 and window.publishing == 0
+
+
+async def test_closing_a_partition_forgets_its_publishing_records() -> None:
+    window = InflightWindow(max_inflight=4)
+    window.assign({TP0, TP1})
+    (a,) = _admit(window, TP0, 0)
+    (b,) = _admit(window, TP1, 0)
+    window.published(a)
+    window.published(b)
+    assert window.close([window.parts[TP0]]) == 1
+    assert (window.count, window.publishing) == (1, 1)
+    window.published(a)  # a late call for a cancelled record changes nothing
+    assert window.publishing == 1
+    window.finish(b)
+    assert (window.count, window.publishing, window.working) == (0, 0, 0)
