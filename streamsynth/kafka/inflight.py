@@ -325,8 +325,10 @@ class InflightWindow:
             to_pause = [tp for tp in self.parts if tp not in self.paused]
             self.paused.update(to_pause)
             return to_pause, []
-        if self.backpressure and self.working <= self.resume_at and (
-            self.publishing <= self.resume_at
+        if (
+            self.backpressure
+            and self.working <= self.resume_at
+            and self.publishing <= self.resume_at
         ):
             self.backpressure = False
             to_resume = [tp for tp in self.paused if self.parts[tp].fetching]
