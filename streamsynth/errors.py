@@ -13,6 +13,7 @@ families live next to the code that raises them; the whole hierarchy::
     ├── BrokerUnavailableError (RuntimeError)       broker_unavailable        yes
     ├── SinkClosedError (RuntimeError)              sink_closed               no
     ├── PartitionFencedError (RuntimeError)         producer_fenced           no
+    ├── TransactionUnresolvedError (RuntimeError)   transaction_unresolved    no
     ├── EngineError                                 engine                    no
     │   ├── MissingColumnError (KeyError)           missing_column            no
     │   ├── StageConfigError (ValueError)           stage_config              no
@@ -47,13 +48,14 @@ families live next to the code that raises them; the whole hierarchy::
     ├── CliError                                    cli                       no
     └── ToolUnavailable (RuntimeError)              tool_unavailable          no
 
-Homes: the root, ConfigError (re-exported by config.py) and BrokerUnavailableError
-here; TransactionsUnsupportedError and PartitionFencedError in kafka/transactions.py;
-SinkClosedError in kafka/sink.py; EngineError's family in engine/errors.py (GraphError
-in engine/graph.py); TokenizerUnavailableError in stages/nemotron_cc/tokenizer.py;
-LLMError's family in llm/errors.py; ModelUnavailable in local/model_server.py;
-QueueFullError and PriorityNotEnabledError (the simulator's replicas) in local/serving.py;
-CliError in cli/errors.py; ToolUnavailable in testing/tools.py.
+Homes: the root, ConfigError (re-exported by config.py) and BrokerUnavailableError here;
+TransactionsUnsupportedError, PartitionFencedError and TransactionUnresolvedError in
+kafka/transactions.py; SinkClosedError in kafka/sink.py; EngineError's family in
+engine/errors.py (GraphError in engine/graph.py); TokenizerUnavailableError in
+stages/nemotron_cc/tokenizer.py; LLMError's family in llm/errors.py; ModelUnavailable in
+local/model_server.py; QueueFullError and PriorityNotEnabledError (the simulator's
+replicas) in local/serving.py; CliError in cli/errors.py; ToolUnavailable in
+testing/tools.py.
 
 Foreign errors (aiohttp's, the openai SDK's, aiokafka's) are mapped into this
 tree where they enter: the LLM transports map theirs to :class:`LLMError`
