@@ -169,9 +169,17 @@ def red_row(lay: Layout) -> None:
     )
     lay.panel(
         "Records in flight",
-        [(f"sum by (instance) (streamsynth_inflight_records{{{SEL}}})", "{{instance}}")],
+        [
+            (f"sum by (instance) (streamsynth_inflight_records{{{SEL}}})", "{{instance}}"),
+            (
+                f"sum by (instance) (streamsynth_records_awaiting_ack{{{SEL}}})",
+                "{{instance}} awaiting ack",
+            ),
+        ],
         "short",
-        "Fetched and not yet finished; partitions pause above worker.max_inflight_records.",
+        "Fetched and not yet finished, and of those the ones whose outputs only await the "
+        "broker's ack; partitions pause when either the rest or those reach "
+        "worker.max_inflight_records.",
     )
 
 

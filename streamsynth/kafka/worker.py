@@ -220,6 +220,7 @@ class Worker:
         source.resume(to_resume)
         self.metrics.partitions_paused.set(len(self.window.paused))
         self.metrics.inflight_records.set(self.window.count)
+        self.metrics.records_awaiting_ack.set(self.window.publishing)
 
     def _dispatch(self, tp: TopicPartition, msgs: list[ConsumerRecord[bytes, bytes]]) -> None:
         part = self.window.fetching(tp)

@@ -214,6 +214,12 @@ class Metrics:
         self.inflight_records = LoopGauge(
             "streamsynth_inflight_records", "Records fetched and not yet finished.", registry=r
         )
+        self.records_awaiting_ack = LoopGauge(
+            "streamsynth_records_awaiting_ack",
+            "Of the records in flight, those whose outputs are all with the sink, waiting "
+            "for the broker's acknowledgement (a part of the window of their own).",
+            registry=r,
+        )  # fmt: skip
 
         # -- Kafka ----------------------------------------------------------------------
         self.consumer_lag = LoopGauge(

@@ -6,7 +6,9 @@ import asyncio
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from streamsynth.config import settings_from_dict
 from streamsynth.kafka.inflight import InflightWindow, Job, PartitionStatus, drained
+from streamsynth.kafka.worker import Worker
 
 TP0, TP1 = TopicPartition("in", 0), TopicPartition("in", 1)
 
@@ -141,3 +143,52 @@ async def test_closing_a_partition_forgets_its_publishing_records() -> None:
     assert window.publishing == 1
     window.finish(b)
     assert (window.count, window.publishing, window.working) == (0, 0, 0)
+
+
+class _PausingSource:
+    def __init__(self) -> None:
+        self.paused: set[TopicPartition] = set()
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        self.paused.update(tps)
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        self.paused.difference_update(tps)
+
+
+async def test_the_worker_exports_both_parts_of_the_window() -> None:
+    settings = settings_from_dict(
+        {
+            "kafka": {
+                "bootstrap_servers": "127.0.0.1:1",
+                "group_id": "g",
+                "input_topic": "in",
+                "dlq_topic": "dlq",
+            },
+            "llm": {"base_url": "http://127.0.0.1:1/v1", "model": "m"},
+            "stages": [
+                {"task": "custom", "prompt": "{document}", "output_field": "o", "output_topic": "o"}
+            ],
+            "worker": {"max_inflight_records": 2},
+        }
+    )
+    worker = Worker(settings)  # never started: no Kafka
+    window = worker.window
+    window.assign({TP0})
+    a, b = _admit(window, TP0, 0, 1)
+    window.published(a)
+    source = _PausingSource()
+    worker._apply_backpressure(source)  # type: ignore[arg-type]
+    gauges = worker.metrics
+    assert gauges.inflight_records._value.get() == 2
+    assert gauges.records_awaiting_ack._value.get() == 1
+    assert source.paused == set()  # one working, one publishing: neither part is full
+    window.published(b)
+    (c,) = _admit(window, TP0, 2)
+    _admit(window, TP0, 3)
+    worker._apply_backpressure(source)  # type: ignore[arg-type]
+    assert (gauges.inflight_records._value.get(), gauges.records_awaiting_ack._value.get()) == (
+        4,
+        2,
+    )
+    assert source.paused == {TP0} and c.published is False
