@@ -178,12 +178,17 @@ async def test_sigterm_mid_stream_loses_and_duplicates_nothing(
     n = 3_000
     topics = Topics.make(["summary"])
     await topics.create(txn_bootstrap)
-    await produce(txn_bootstrap, topics.input, [doc(i) for i in range(n)])
+    # 0.1 s per answer at 32 in flight: at most ~320 documents/s, so the stream lasts
+    # seconds past the first quarter whatever the machine (at the simulator's 1-5 ms
+    # a fast worker could finish before the signal's in-flight check).
+    docs = [doc(i, f"[[sim:latency=0.1]] doc {i}") for i in range(n)]
+    await produce(txn_bootstrap, topics.input, docs)
     if mode == "exactly_once":
         # An upstream transaction that aborted: an exactly-once worker never processes it.
         await _produce_aborted(txn_bootstrap, topics.input, [doc(i) for i in range(n, n + 20)])
     # A budget the drain meets on a loaded 2-core machine: a drain cut short is a kill.
     cfg = _config(txn_bootstrap, topics, eos_sim, mode, worker__shutdown_timeout_s=15)
+    cfg["llm"]["max_concurrency"] = 32
     shutdown_s = cfg["worker"]["shutdown_timeout_s"]
     first = WorkerProcess(cfg, tmp_path, name=f"{mode}-first").start()
     try:
