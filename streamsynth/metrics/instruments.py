@@ -89,6 +89,12 @@ class LoopCounter(Counter):
             _no_exemplar(exemplar)
         self._loop_value.value += amount
 
+    @property
+    def value(self) -> float:
+        """The count so far, without a scrape (what a benchmark polls: ``collect()`` builds
+        every sample of the family, which at 100 polls a second costs the worker ~2 %)."""
+        return self._loop_value.value
+
 
 class LoopGauge(Gauge):
     """A :class:`prometheus_client.Gauge` with one writer thread and no lock."""

@@ -80,3 +80,14 @@ def test_a_labelled_parent_is_not_observable() -> None:
     for update in parents:
         with pytest.raises(ValueError, match="labels"):
             update()
+
+
+def test_a_counters_value_is_what_a_scrape_reports() -> None:
+    registry = CollectorRegistry()
+    child = LoopCounter("c", "c", ["stage"], registry=registry).labels("summary")
+    child.inc(3)
+    child.inc(0.5)
+    assert child.value == 3.5
+    assert registry.get_sample_value("c_total", {"stage": "summary"}) == child.value
+    with pytest.raises(ValueError, match="labels"):
+        _ = LoopCounter("p", "p", ["stage"], registry=registry).value
