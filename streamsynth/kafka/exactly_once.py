@@ -19,6 +19,12 @@ What changes against the at-least-once :class:`~streamsynth.kafka.worker.Worker`
   commit round in flight when the worker stops is finished (within that), not cut
   off mid-transaction (see "Interrupted transactions" in
   :mod:`~streamsynth.kafka.transactions`);
+- a revoke as a whole (drain, final transaction, closing the producers) is bounded
+  by the group's rebalance timeout (:func:`revoke_budget_s`): past it the group
+  hands the partitions out without us, and a broker that stops answering must not
+  hold the rebalance listener forever. A final transaction cut off there is left
+  unresolved, as at shutdown: it commits nothing more, its held records are dropped
+  and the next owner redoes what it does not find committed;
 - ``ProducerFenced``: the worker logs it, commits nothing more for the partition,
   stops and exits with :data:`FENCED_EXIT_CODE`.
 """
@@ -33,8 +39,11 @@ from collections.abc import Sequence
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from streamsynth.config import Settings
 from streamsynth.kafka.inflight import Job, PartitionState
 from streamsynth.kafka.routing import Publication
+from streamsynth.kafka.shutdown import Deadline
+from streamsynth.kafka.source import consumer_options
 from streamsynth.kafka.transactions import (
     CLOSE_TIMEOUT_S,
     CommitReport,
@@ -51,6 +60,17 @@ FENCED_EXIT_CODE = 3
 MIN_ROUND_GAP_S = 0.01
 
 
+def revoke_budget_s(settings: Settings) -> float:
+    """How long a revoke may take in all: the consumer's rebalance timeout.
+
+    That is the drain timeout plus a few seconds for the final transaction (see
+    :func:`~streamsynth.kafka.source.consumer_options`); a member still in its
+    revoke listener past it is dropped from the group, which then assigns the
+    partitions to a worker whose ``init_transactions`` fences ours anyway.
+    """
+    return float(consumer_options(settings)["rebalance_timeout_ms"]) / 1000
+
+
 class ExactlyOnceWorker(Worker):
     """A :class:`Worker` whose outputs and offset commits are Kafka transactions."""
 
@@ -59,6 +79,8 @@ class ExactlyOnceWorker(Worker):
     _held: dict[TopicPartition, int]
     #: The commit loop's round in progress (kept: the loop's cancel does not stop it).
     _round: asyncio.Task[bool] | None = None
+    #: The revoke in progress: its deadline (None outside a revoke).
+    _revoke: Deadline | None = None
 
     async def _start(self) -> None:
         check_settings(self.settings)
@@ -133,18 +155,31 @@ class ExactlyOnceWorker(Worker):
         """One transaction per partition: its finished prefix's messages and offset.
 
         While stopping, bounded by what is left of the shutdown (waiting for the
-        round in flight included); False when it timed out. A transaction cut off
-        then leaves its partition unresolved (nothing more is committed for it).
+        round in flight included), and a revoke's final commit by what is left of
+        the revoke; False when it timed out. A transaction cut off then leaves its
+        partition unresolved (nothing more is committed for it).
         """
-        stop = self._stop
+        deadline, which = self._commit_deadline(parts)
         try:
-            async with asyncio.timeout(None if stop is None else stop.deadline.left()):
+            async with asyncio.timeout(None if deadline is None else deadline.left()):
                 async with self._commit_lock:
                     return await self._commit_round(parts)
         except TimeoutError:
             self.metrics.offset_commits.labels("failed").inc()
-            log.warning("transactions timed out (shutdown deadline)")
+            log.warning(f"transactions timed out ({which} deadline)")
             return False
+
+    def _commit_deadline(
+        self, parts: Sequence[PartitionState] | None
+    ) -> tuple[Deadline | None, str]:
+        """What bounds a commit: the shutdown, or the revoke for the revoke's own final
+        commit (the only call naming its partitions). A loop round started during a
+        revoke is not cut off by it: it may cover partitions that stay ours."""
+        if self._stop is not None:
+            return self._stop.deadline, "shutdown"
+        if parts is not None and self._revoke is not None:
+            return self._revoke, "revoke"
+        return None, ""
 
     async def _commit_round(self, parts: Sequence[PartitionState] | None) -> bool:
         txn = self._txn
@@ -217,21 +252,37 @@ class ExactlyOnceWorker(Worker):
         source.resume(tp for tp in partitions if tp not in self.window.paused)
 
     async def _release(self, parts: list[PartitionState], timeout_s: float, *, why: str) -> None:
-        await super()._release(parts, timeout_s, why=why)  # drain, final transaction, cancel
+        if self._stop is None:  # a revoke: the group waits only so long for the listener
+            self._revoke = Deadline(revoke_budget_s(self.settings))
+        try:
+            await super()._release(parts, timeout_s, why=why)  # drain, final txn, cancel
+            await self._close_parts(parts, why)
+        finally:
+            self._revoke = None
+
+    async def _close_parts(self, parts: list[PartitionState], why: str) -> None:
         txn = self._txn
         assert txn is not None
         tps = [part.tp for part in parts]
+        unresolved = [tp for tp in tps if tp in txn.parts and txn.parts[tp].unresolved]
+        held = sum(len(txn.parts[tp].held) for tp in unresolved)
         # Aborts an open transaction (never half-committed), within the bound.
         dropped, stopped = await txn.close(tps, self._close_timeout())
         for tp in tps:
             self._release_slots(self._held.pop(tp, 0))
+        if unresolved:
+            _log_unresolved(unresolved, held, why)
         if dropped:
             log.info("held records dropped (redone by the next owner)", extra={"n": dropped})
         if not stopped:
             self._abandon_close(len(tps))
 
     def _close_timeout(self) -> float:
-        return CLOSE_TIMEOUT_S if self._stop is None else self._stop.deadline.left()
+        if self._stop is not None:
+            return self._stop.deadline.left()
+        if self._revoke is not None:
+            return self._revoke.left()
+        return CLOSE_TIMEOUT_S
 
     def _abandon_close(self, n: int) -> None:
         what = f"closing the transactional producers of {n} partitions"
@@ -247,3 +298,14 @@ class ExactlyOnceWorker(Worker):
             if self._txn is not None:
                 # Partitions a failed release left open (none after a normal stop).
                 await self._txn.stop(self._close_timeout())
+
+
+def _log_unresolved(tps: list[TopicPartition], held: int, why: str) -> None:
+    """The last transaction of ``tps`` (the final one, or a round in flight) was cut off,
+    the broker not answering in time: the next owner's ``init_transactions`` settles it."""
+    log.warning(
+        f"{why}: the last transaction of {len(tps)} partitions was cut off, its outcome "
+        f"unknown; abandoned: {held} held records (redone by the next owner unless the "
+        "transaction committed after all)",
+        extra={"why": why, "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)},
+    )

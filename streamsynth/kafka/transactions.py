@@ -37,7 +37,9 @@ commit round reports it so the worker stops and exits with a clear log line
 
 Revoke and shutdown: the worker drains, commits the final prefix in one last
 transaction, then :meth:`TransactionalSink.close` drops what is still held and
-aborts any open transaction. Each transaction commits whole or not at all.
+aborts any open transaction. Each transaction commits whole or not at all. Both
+are bounded (a shutdown by ``shutdown_timeout_s``, a revoke by the group's rebalance
+timeout); a final transaction cut off by that bound is interrupted (below).
 
 Interrupted transactions. aiokafka waits for the broker's answers without a bound,
 so the worker bounds a shutdown's transactions by its deadline and cancels what
@@ -85,8 +87,8 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: How long the start-up probe waits for the broker's InitProducerId answer.
 PROBE_TIMEOUT_S = 15.0
-#: How long closing the producers may take outside a shutdown (a revoke): a healthy
-#: broker answers an abort in milliseconds.
+#: How long closing the producers may take when no deadline is given (a shutdown and
+#: a revoke pass what is left of theirs): a healthy broker answers an abort in ms.
 CLOSE_TIMEOUT_S = 5.0
 #: How long dropping the connections of a producer that did not stop in time may take.
 DROP_TIMEOUT_S = 1.0

@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 from aiokafka.producer.transaction_manager import TransactionManager
 
 from streamsynth.config import Settings, settings_from_dict
-from streamsynth.kafka.exactly_once import ExactlyOnceWorker
+from streamsynth.kafka.exactly_once import ExactlyOnceWorker, revoke_budget_s
 from streamsynth.kafka.shutdown import MIN_STEP_S, Shutdown
 from streamsynth.kafka.transactions import (
     PartitionTxn,
@@ -137,7 +137,7 @@ async def test_close_does_not_wait_past_its_bound_for_a_transaction_in_flight() 
 
 
 # -- the worker ------------------------------------------------------------------------------
-def _settings() -> Settings:
+def _settings(**kafka: Any) -> Settings:
     return settings_from_dict(
         {
             "kafka": {
@@ -146,12 +146,13 @@ def _settings() -> Settings:
                 "input_topic": "in",
                 "dlq_topic": "dlq",
                 "processing_guarantee": "exactly_once",
+                **kafka,
             },
             "llm": {"base_url": "http://127.0.0.1:1/v1", "model": "m"},
             "stages": [
                 {"task": "custom", "prompt": "{document}", "output_field": "o", "output_topic": "o"}
             ],
-            "worker": {"commit_interval_s": 0.01},
+            "worker": {"commit_interval_s": 0.01, "drain_timeout_s": 0},
         }
     )
 
@@ -160,10 +161,13 @@ class _Source:
     def lag(self, tp: TopicPartition, committed: int | None) -> int | None:
         return None
 
+    def pause(self, tps: Any) -> None:
+        pass
 
-def _worker(producer: _Producer) -> ExactlyOnceWorker:
+
+def _worker(producer: _Producer, settings: Settings | None = None) -> ExactlyOnceWorker:
     """A worker owning partition TP with record 0 finished (due to commit), no Kafka."""
-    settings = _settings()
+    settings = settings or _settings()
     worker = ExactlyOnceWorker(settings)
     worker._held = {}
     txn = worker._txn = TransactionalSink(settings)
@@ -172,6 +176,9 @@ def _worker(producer: _Producer) -> ExactlyOnceWorker:
     state = worker.window.parts[TP]
     state.tracker.add(0)
     state.tracker.done(0)
+    txn.hold(TP, 0, [])  # its (no) outputs held until its transaction commits
+    worker._held[TP] = 1
+    worker.window.count = 1  # a held record keeps its slot
     worker._run = _Running(_Source(), None, None)  # type: ignore[arg-type]
     return worker
 
@@ -184,6 +191,44 @@ async def test_the_final_commit_is_bounded_by_the_shutdown_deadline() -> None:
     assert not await worker.commit()
     assert time.monotonic() - t0 < 0.2 + MIN_STEP_S + SLACK_S
     assert worker._txn is not None and worker._txn.parts[TP].unresolved  # commits nothing more
+
+
+async def test_a_revoke_cuts_off_its_final_transaction_at_the_rebalance_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The broker stops answering EndTxn during a rebalance: the listener must return
+    # (else the group waits for it forever), the partition left unresolved.
+    settings = _settings(session_timeout_ms=1_000, max_poll_interval_ms=1_000)
+    budget_s = revoke_budget_s(settings)
+    assert budget_s == 1.0  # the consumer's rebalance timeout
+    producer = _Producer("commit")
+    worker = _worker(producer, settings)
+    assert worker._txn is not None
+    part = worker._txn.parts[TP]
+    t0 = time.monotonic()
+    await asyncio.wait_for(worker.on_revoked({TP}), budget_s + MIN_STEP_S + SLACK_S)
+    assert time.monotonic() - t0 < budget_s + MIN_STEP_S + SLACK_S
+    assert part.unresolved and not part.fenced  # nothing more is committed for it
+    assert part.committed is None and "stop" in producer.calls  # closed, not committed
+    assert TP not in worker._txn.parts and TP not in worker.window.parts
+    assert worker.window.count == 0  # the held record's slot came back
+    assert worker.exit_code == 0  # a revoke is no failure: the worker goes on
+    cut = [r.getMessage() for r in caplog.records if "was cut off" in r.getMessage()]
+    assert cut == [
+        "revoke: the last transaction of 1 partitions was cut off, its outcome unknown; "
+        "abandoned: 1 held records (redone by the next owner unless the transaction "
+        "committed after all)"
+    ]
+
+
+async def test_a_revoke_commits_its_final_transaction_when_the_broker_answers() -> None:
+    producer = _Producer()
+    worker = _worker(producer, _settings(session_timeout_ms=1_000, max_poll_interval_ms=1_000))
+    assert worker._txn is not None
+    part = worker._txn.parts[TP]
+    await asyncio.wait_for(worker.on_revoked({TP}), SLACK_S)
+    assert part.committed == 1 and not part.unresolved
+    assert producer.calls == ["begin", "offsets", "commit", "stop"]
 
 
 async def test_stopping_the_commit_loop_lets_its_round_in_flight_finish() -> None:
