@@ -4,6 +4,10 @@ The benchmarks live in ``benchmarks/`` at the repository root, not in the
 installed package (they need the test tooling and write result files). The
 directory is looked up in the current working directory first, then next to the
 package (an editable install from a checkout).
+
+SIGTERM (``timeout``, an orchestrator) ends a benchmark as Ctrl-C does: its
+cleanups run (brokers, simulators, temporary files) and the exit status is 143
+(:func:`~streamsynth.local.process.sigterm_exits`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from streamsynth.cli.errors import USAGE, CliError
+from streamsynth.local.process import sigterm_exits
 
 BENCHMARKS = (
     "stage",
@@ -91,8 +96,9 @@ def _call_main(main: Any, args: list[str], prog: str) -> int:
     saved = sys.argv
     sys.argv = [prog, *args]
     try:
-        result = main(args) if inspect.signature(main).parameters else main()
-    except SystemExit as exc:  # argparse's --help and usage errors
+        with sigterm_exits():  # SIGTERM: SystemExit(143), so the benchmark's cleanups run
+            result = main(args) if inspect.signature(main).parameters else main()
+    except SystemExit as exc:  # argparse's --help and usage errors, SIGTERM
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else USAGE)
     finally:
         sys.argv = saved

@@ -28,7 +28,7 @@ from typing import IO, Literal
 
 from streamsynth.errors import BrokerUnavailableError
 from streamsynth.kafka.admin import create_topics
-from streamsynth.local.process import stop_process
+from streamsynth.local.process import dies_with_parent, stop_process
 
 __all__ = [
     "BrokerUnavailableError",
@@ -94,6 +94,7 @@ class MotoS3Server:
             [exe, "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=dies_with_parent(),  # never outlives us (see local.process)
         )
         wait_for_port(self.host, self.port, timeout_s=30)
         req = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
@@ -164,7 +165,11 @@ class EmbeddedBroker:
             self.log_path = Path(name)
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            self._command(), stdout=self._log, stderr=subprocess.STDOUT, env=self._env()
+            self._command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+            preexec_fn=dies_with_parent(),  # never outlives us, even SIGTERMed (local.process)
         )
         try:
             wait_for_port(self.host, self.port)

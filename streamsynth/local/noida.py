@@ -44,6 +44,7 @@ from typing import IO
 
 from streamsynth.errors import BrokerUnavailableError
 from streamsynth.local.broker import free_port, wait_for_port
+from streamsynth.local.process import dies_with_parent
 
 
 def noida_binary() -> str:
@@ -111,6 +112,7 @@ class NoidaBroker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=dies_with_parent(),  # never outlives us, even SIGTERMed (local.process)
         )
         try:
             wait_for_port(self.host, self.port, timeout_s=self.ready_timeout_s)

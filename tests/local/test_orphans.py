@@ -1,0 +1,127 @@
+"""A broker started for a benchmark or a test never outlives the process that started it.
+
+SIGTERM (``timeout``'s signal) kills Python at once, without running a ``with``
+block's cleanup: the brokers are guarded by a parent-death signal, and
+``streamsynth bench`` turns SIGTERM into a normal exit (see ``local.process``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamsynth.local.process import SIGTERM_EXIT_CODE, stop_process
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the parent-death signal is Linux-only"
+)
+
+#: How long a child may take to start its broker, and a dead broker to be reported gone.
+START_S = 60.0
+GONE_S = 15.0
+
+#: The child: opens a broker, prints its pid, then waits to be killed (never cleans up).
+CHILD = """
+import threading
+from streamsynth.local.{module} import {cls}
+with {cls}() as broker:
+    print(broker._proc.pid, flush=True)
+    threading.Event().wait()
+"""
+
+
+def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    return proc.stdout.readline().strip() if ready else ""
+
+
+@contextlib.contextmanager
+def _pidfd(pid: int) -> Iterator[int]:
+    """A pidfd of ``pid``: readable once it exits (a zombie no one reaps included)."""
+    fd = os.pidfd_open(pid)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _exits_within(pidfd: int, timeout_s: float) -> bool:
+    ready, _, _ = select.select([pidfd], [], [], timeout_s)
+    return bool(ready)
+
+
+def _kill(pidfd: int) -> None:
+    """SIGKILL what the pidfd names (never another process reusing its pid)."""
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("module", "cls"), [("broker", "EmbeddedBroker"), ("noida", "NoidaBroker")]
+)
+def test_a_broker_dies_with_its_sigtermed_parent(module: str, cls: str) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(module=module, cls=cls)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = _read_line(child, START_S)
+        assert line.isdigit(), f"the child did not report its broker's pid: {line!r}"
+        with _pidfd(int(line)) as broker:
+            try:
+                assert not _exits_within(broker, 0)  # it runs
+                child.send_signal(signal.SIGTERM)
+                # Python's default action: died at once, its `with` cleanup never ran.
+                assert child.wait(timeout=GONE_S) == -signal.SIGTERM
+                assert _exits_within(broker, GONE_S), f"{cls} outlived its parent"
+            finally:
+                _kill(broker)
+    finally:
+        stop_process(child, kill=True)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+BENCHMARK = """
+import threading
+from pathlib import Path
+
+def main() -> None:
+    try:
+        print("running", flush=True)
+        threading.Event().wait()
+    finally:
+        Path("cleaned-up").write_text("yes")
+"""
+
+
+def test_streamsynth_bench_runs_the_benchmarks_cleanups_on_sigterm(tmp_path: Path) -> None:
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "__init__.py").write_text("")
+    (bench / "bench_waits.py").write_text(BENCHMARK)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "streamsynth.cli.main", "bench", "waits"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _read_line(child, START_S) == "running"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=GONE_S) == SIGTERM_EXIT_CODE
+        assert (tmp_path / "cleaned-up").read_text() == "yes"
+    finally:
+        stop_process(child, kill=True)
+        if child.stdout is not None:
+            child.stdout.close()
