@@ -14,6 +14,13 @@ that ships. In order:
    stop; second: exit at once), the metrics server, the background tasks (loop-lag
    sampling, console summary, LLM readiness probe), the worker itself.
 
+SIGUSR1 logs a task dump (:func:`dump_tasks`): at WARNING, one line per live
+asyncio task with its name and where it waits (its chain of awaits: code
+locations only, never a record's text), at most :data:`DUMP_MAX_TASKS` of them,
+so an operator sees where a hung shutdown waits without a debugger. Until the
+loop's handlers are installed SIGUSR1 is ignored (its default action would kill
+the process).
+
 Exit codes: 0 after a graceful stop; 1 when the broker or the network fails
 (one ``error:`` line too); 2 when the configuration is invalid (exactly one
 ``error:`` line on stderr naming the field, no traceback) or when a second
@@ -34,6 +41,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import asyncio
+    import logging
 
     from streamsynth.config import Settings
     from streamsynth.kafka.worker import Worker
@@ -53,8 +61,15 @@ LOGGER = "streamsynth.kafka.runtime"
 PROBE_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 3.0
 
+#: SIGUSR1's task dump: at most this many tasks, each with this many frames of its
+#: chain of awaits (the task's own coroutine and the innermost ones: where it waits).
+DUMP_MAX_TASKS = 200
+DUMP_STACK_FRAMES = 8
+
 _early_signals: list[int] = []
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Not on Windows (where the loop has no signal handlers either).
+_DUMP_SIGNAL: int | None = getattr(signal, "SIGUSR1", None)
 
 
 # -- 1. early capture ---------------------------------------------------------------------
@@ -79,6 +94,14 @@ def capture_early_signals() -> None:
         return
     for signum in _STOP_SIGNALS:
         signal.signal(signum, _exit_early)
+    if _DUMP_SIGNAL is not None:
+        # No tasks to dump yet; a handler (not SIG_IGN, which children would inherit)
+        # keeps the signal's default action from killing the process.
+        signal.signal(_DUMP_SIGNAL, _ignore)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
 
 
 def early_stop_requested() -> bool:
@@ -294,6 +317,84 @@ def _install_loop_handlers(request_stop: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    if _DUMP_SIGNAL is not None:
+        loop.add_signal_handler(_DUMP_SIGNAL, dump_tasks)
+
+
+def dump_tasks(log: logging.Logger | None = None, *, limit: int = DUMP_MAX_TASKS) -> int:
+    """Log every live task of the running loop (at most ``limit``) at WARNING; the
+    number logged.
+
+    One line per task: its name and its chain of awaits, from the task's coroutine to
+    where it waits (``file:line function``; the innermost frames when the chain is
+    longer than :data:`DUMP_STACK_FRAMES`). Tasks of rare kinds (the consume loop, the
+    commit loop, a shutdown) come first, the many alike (one per record) last, so the
+    bound cuts those; a last line counts what was left out, by kind.
+    """
+    import asyncio
+    import logging
+    from collections import Counter
+
+    log = log or logging.getLogger(LOGGER)
+    chains = [(task, _await_chain(task)) for task in asyncio.all_tasks()]
+    kinds = Counter(_kind(chain) for _, chain in chains)
+    chains.sort(key=lambda item: (kinds[_kind(item[1])], _kind(item[1]), item[0].get_name()))
+    shown, rest = chains[:limit], chains[limit:]
+    log.warning(
+        f"task dump: {len(chains)} tasks", extra={"tasks": len(chains), "shown": len(shown)}
+    )
+    for task, chain in shown:
+        log.warning(
+            f"task {task.get_name()}: {_format_chain(chain)}", extra={"task": task.get_name()}
+        )
+    if rest:
+        left = Counter(_kind(chain) for _, chain in rest)
+        by_kind = ", ".join(f"{n} {kind}" for kind, n in left.most_common())
+        log.warning(
+            f"task dump: {len(rest)} more tasks left out ({by_kind})",
+            extra={"left_out": len(rest)},
+        )
+    return len(shown)
+
+
+def _await_chain(task: asyncio.Task[object]) -> list[FrameType]:
+    """The frames of the coroutines ``task`` awaits through, outermost first.
+
+    ``Task.get_stack`` gives only the task's own coroutine frame while it is suspended
+    (the frames below are not on any stack then); the awaits it is suspended in are
+    followed through ``cr_await`` instead, down to the future it waits for.
+    """
+    frames: list[FrameType] = []
+    awaited: object = task.get_coro()
+    while awaited is not None and len(frames) < 1000:  # a bound, should a chain loop
+        frame = _attr(awaited, "cr_frame", "gi_frame", "ag_frame")
+        if isinstance(frame, FrameType):
+            frames.append(frame)
+        awaited = _attr(awaited, "cr_await", "gi_yieldfrom", "ag_await")
+    return frames or task.get_stack()
+
+
+def _attr(obj: object, *names: str) -> object:
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _kind(chain: list[FrameType]) -> str:
+    """What a task is: the function of its own coroutine."""
+    return chain[0].f_code.co_qualname if chain else "?"
+
+
+def _format_chain(chain: list[FrameType]) -> str:
+    where = [
+        f"{'/'.join(Path(f.f_code.co_filename).parts[-2:])}:{f.f_lineno} {f.f_code.co_qualname}"
+        for f in chain
+    ]
+    if len(where) > DUMP_STACK_FRAMES:  # the task's coroutine, then where it waits
+        where = [where[0], "...", *where[-(DUMP_STACK_FRAMES - 1) :]]
+    return " > ".join(where) if where else "(no frames)"
 
 
 class _Background:
