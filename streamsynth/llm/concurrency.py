@@ -128,6 +128,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Final
 
 from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
 
@@ -253,6 +254,67 @@ class ControllerState:
     cuts: int
 
 
+#: A queued waiter's states: waiting for a slot, granted one, or gone (cancelled, timed out).
+_WAITING: Final = 0
+_GRANTED: Final = 1
+_GONE: Final = 2
+
+
+class _Waiter:
+    """One queued :meth:`AdaptiveLimiter.acquire`; marked, not removed, when it leaves."""
+
+    __slots__ = ("future", "state")
+
+    def __init__(self, future: asyncio.Future[float]) -> None:
+        self.future = future
+        self.state = _WAITING
+
+
+class _Deadlines:
+    """The wait bounds of a queue: a heap by deadline (loop time) and one timer at the
+    earliest. Deadlines mostly arrive in order, so a new waiter rarely moves the timer."""
+
+    __slots__ = ("_at", "_expire", "_heap", "_order", "_timer")
+
+    def __init__(self, expire: Callable[[_Waiter], None]) -> None:
+        self._expire = expire
+        self._heap: list[tuple[float, int, _Waiter]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, waiter: _Waiter, timeout_s: float, *, live: int
+    ) -> None:
+        when = loop.time() + max(timeout_s, 0.0)
+        heap = self._heap
+        if len(heap) > 2 * live + 64:
+            # Granted waiters stay until their deadline passes: drop them, amortized O(1).
+            heap[:] = [e for e in heap if e[2].state is _WAITING]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, next(self._order), waiter))
+        if when < self._at:
+            self._arm(loop, when)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = when
+        self._timer = loop.call_at(when, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._at = math.inf
+        heap = self._heap
+        now = loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].state is not _WAITING):
+            waiter = heapq.heappop(heap)[2]
+            if waiter.state is _WAITING:
+                self._expire(waiter)
+        if heap:
+            self._arm(loop, heap[0][0])
+
+
 class AdaptiveLimiter:
     """An asyncio semaphore whose size the control law above moves within
     ``[min_limit, max_limit]``.
@@ -301,8 +363,12 @@ class AdaptiveLimiter:
         self._inflight = 0
         # -- priority waiters (helper I, issue #17): a heap by (priority, arrival), so the
         # next free slot goes to the lowest priority value, first come first served within one.
-        self._waiters: list[tuple[int, int, asyncio.Future[float]]] = []
+        self._waiters: list[tuple[int, int, _Waiter]] = []
         self._arrivals = itertools.count()
+        #: Waiters still waiting; the heaps also hold gone ones until popped or compacted.
+        self._live = 0
+        self._gone = 0
+        self._deadlines = _Deadlines(self._expire)
         start = max_limit
         if adaptive:
             start = initial_limit if initial_limit is not None else min(max_limit, 32)
@@ -345,12 +411,11 @@ class AdaptiveLimiter:
 
     @property
     def waiting(self) -> int:
-        # Granted waiters are popped and cancelled ones removed, so the heap is exact.
-        return len(self._waiters)
+        return self._live
 
     def load(self) -> float:
         """Slots in use and queued over the limit (above 1 means a queue); for routing."""
-        return (self._inflight + len(self._waiters)) / self._limit
+        return (self._inflight + self._live) / self._limit
 
     def state(self) -> ControllerState:
         return ControllerState(
@@ -379,44 +444,58 @@ class AdaptiveLimiter:
     def try_take(self) -> float | None:
         """As :meth:`try_acquire`, returning the clock time the slot was taken (pass it
         to :meth:`on_success` / :meth:`on_overload`), or None when none was free."""
-        if self._inflight < self._limit and not self._waiters:
+        if self._inflight < self._limit and not self._live:
             return self._take()
         return None
 
-    async def acquire(self, priority: int = 0) -> float:
+    async def acquire(self, priority: int = 0, timeout_s: float | None = None) -> float:
         """Take a slot, queueing if needed; returns the clock time it was granted.
 
         Queued requests get freed slots lowest ``priority`` first (first come, first
         served among equals). Pass the returned time back to :meth:`on_success` /
-        :meth:`on_overload`. Bound the wait with ``asyncio.timeout`` around the call.
+        :meth:`on_overload`. ``timeout_s`` bounds the wait (``TimeoutError``). It is
+        kept in one timer for the whole queue, not one ``asyncio.timeout`` per waiter:
+        at thousands queued, a timer each was the dearest line of a request.
         """
         taken = self.try_take()
         if taken is not None:
             return taken
-        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future())
         heapq.heappush(self._waiters, (priority, next(self._arrivals), waiter))
+        self._live += 1
+        if timeout_s is not None:
+            self._deadlines.add(loop, waiter, timeout_s, live=self._live)
         queued = self._clock()
         try:
-            granted = await waiter
+            granted = await waiter.future
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.state is _GRANTED:
                 # Granted and cancelled at once: hand the slot on instead of leaking it.
                 self.release()
             else:
-                # Never granted: drop the future now, or waiting/load() would count it.
-                self._discard(waiter)
+                self._drop(waiter)
             raise
         self._observer.on_slot_wait(endpoint=self.endpoint, seconds=granted - queued)
         return granted
 
-    def _discard(self, waiter: asyncio.Future[float]) -> None:
-        # Rare (a cancelled or timed-out waiter): a linear removal and re-heapify is fine.
-        for i, entry in enumerate(self._waiters):
-            if entry[2] is waiter:
-                self._waiters[i] = self._waiters[-1]
-                self._waiters.pop()
-                heapq.heapify(self._waiters)
-                return
+    def _drop(self, waiter: _Waiter) -> None:
+        """``waiter`` leaves the queue (cancelled or timed out): it stays in the heap, marked,
+        until popped or compacted, so a storm of timeouts costs no scan per waiter."""
+        if waiter.state is not _WAITING:
+            return
+        waiter.state = _GONE
+        self._live -= 1
+        self._gone += 1
+        if self._gone > 64 and self._gone > len(self._waiters) // 2:
+            self._waiters = [e for e in self._waiters if e[2].state is _WAITING]
+            heapq.heapify(self._waiters)
+            self._gone = 0
+
+    def _expire(self, waiter: _Waiter) -> None:
+        self._drop(waiter)
+        if not waiter.future.done():
+            waiter.future.set_exception(TimeoutError())
 
     def _take(self) -> float:
         """Count a slot taken now; returns now, the attempt's start as the windows saw it.
@@ -453,8 +532,16 @@ class AdaptiveLimiter:
     def _wake(self) -> None:
         while self._waiters and self._inflight < self._limit:
             waiter = heapq.heappop(self._waiters)[2]
-            if not waiter.done():
-                waiter.set_result(self._take())  # the take time, not when its task resumes
+            if waiter.state is not _WAITING:
+                self._gone -= 1
+                continue
+            self._live -= 1
+            if waiter.future.done():  # cancelled, its task not resumed yet: _drop skips it
+                waiter.state = _GONE
+                continue
+            waiter.state = _GRANTED
+            # The take time, not when its task resumes.
+            waiter.future.set_result(self._take())
 
     # -- signals ------------------------------------------------------------------------
     def on_success(self, attempt_started: float | None = None) -> None:

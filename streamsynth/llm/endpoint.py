@@ -206,8 +206,9 @@ class Attempt:
         else:
             self.queued = True
             try:
-                async with asyncio.timeout(max(self._remaining(), 0.0)):
-                    self._started = await limiter.acquire(priority=self.priority)
+                self._started = await limiter.acquire(
+                    priority=self.priority, timeout_s=max(self._remaining(), 0.0)
+                )
             except TimeoutError:
                 return False
         self._holds_slot = True

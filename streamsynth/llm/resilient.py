@@ -296,8 +296,7 @@ class ResilientClient:
         if gate is None or gate.try_acquire():
             return True
         try:
-            async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
-                await gate.acquire(priority=priority)
+            await gate.acquire(priority=priority, timeout_s=max(deadline - self._clock(), 0.0))
         except TimeoutError:
             return False
         return True

@@ -7,6 +7,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,6 +198,52 @@ async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
             await lim.acquire()
     lim.release()
     assert lim.inflight == 0 and lim.try_acquire()
+
+
+async def test_a_bounded_wait_times_out_and_the_next_waiter_gets_the_slot() -> None:
+    lim = AdaptiveLimiter("e", max_limit=1, adaptive=False)
+    assert lim.try_acquire()
+    short = asyncio.ensure_future(lim.acquire(timeout_s=0.01))
+    patient = asyncio.ensure_future(lim.acquire(timeout_s=60))
+    with pytest.raises(TimeoutError):
+        await short
+    assert lim.waiting == 1 and not patient.done()
+    lim.release()
+    await patient  # the slot skips the waiter that left
+    assert lim.inflight == 1 and lim.waiting == 0
+    lim.release()
+    assert lim.inflight == 0 and lim.try_acquire()
+
+
+async def test_thousands_queued_share_one_timer_and_a_timeout_storm_leaves_no_debris() -> None:
+    lim = AdaptiveLimiter("e", max_limit=1, adaptive=False)
+    assert lim.try_acquire()
+    loop = asyncio.get_running_loop()
+    timers = 0
+    real_call_at = loop.call_at
+
+    def counting_call_at(when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        nonlocal timers
+        timers += 1
+        return real_call_at(when, callback, *args)
+
+    loop.call_at = counting_call_at  # type: ignore[method-assign]
+    try:
+        doomed = [asyncio.ensure_future(lim.acquire(timeout_s=0.05)) for _ in range(2_000)]
+        kept = [asyncio.ensure_future(lim.acquire(priority=1, timeout_s=60)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert lim.waiting == 2_003
+        assert timers <= 3, timers  # not one per waiter
+        results = await asyncio.gather(*doomed, return_exceptions=True)
+    finally:
+        loop.call_at = real_call_at  # type: ignore[method-assign]
+    assert all(isinstance(r, TimeoutError) for r in results)
+    assert lim.waiting == 3
+    assert len(lim._waiters) < 100  # the gone ones were compacted away, not scanned out one by one
+    for waiter in kept:  # the survivors still get their slots, in arrival order
+        lim.release()
+        await waiter
+    assert lim.inflight == 1 and lim.waiting == 0
 
 
 # -- token buckets ----------------------------------------------------------------------
