@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from streamsynth.errors import StreamsynthError
-from streamsynth.local.process import stop_process
+from streamsynth.local.process import dies_with_parent, stop_process
 
 MODEL_ALIAS = "smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -111,7 +111,12 @@ class ModelServer:
         # OpenMP threads that spin while idle fight the worker for the cores (see module doc).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self._proc = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=self._log, env=env, text=True
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            text=True,
+            preexec_fn=dies_with_parent(),  # llama.cpp holds the model's memory: never orphaned
         )
         try:
             deadline = time.monotonic() + timeout_s

@@ -34,7 +34,7 @@ import yaml
 
 from streamsynth.kafka import admin
 from streamsynth.kafka.connection import KafkaConnection
-from streamsynth.local.process import stop_process
+from streamsynth.local.process import dies_with_parent, stop_process
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -221,6 +221,7 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 env=self.env if self.env is not None else child_env(),
                 cwd=self.cwd,
+                preexec_fn=dies_with_parent(),  # a killed test run leaves no worker behind
             )
         return self
 
