@@ -14,6 +14,7 @@ families live next to the code that raises them; the whole hierarchy::
     ├── SinkClosedError (RuntimeError)              sink_closed               no
     ├── PartitionFencedError (RuntimeError)         producer_fenced           no
     ├── TransactionUnresolvedError (RuntimeError)   transaction_unresolved    no
+    │   └── TransactionTimedOutError                transaction_timed_out     no
     ├── EngineError                                 engine                    no
     │   ├── MissingColumnError (KeyError)           missing_column            no
     │   ├── StageConfigError (ValueError)           stage_config              no
@@ -49,13 +50,13 @@ families live next to the code that raises them; the whole hierarchy::
     └── ToolUnavailable (RuntimeError)              tool_unavailable          no
 
 Homes: the root, ConfigError (re-exported by config.py) and BrokerUnavailableError here;
-TransactionsUnsupportedError, PartitionFencedError and TransactionUnresolvedError in
-kafka/transactions.py; SinkClosedError in kafka/sink.py; EngineError's family in
-engine/errors.py (GraphError in engine/graph.py); TokenizerUnavailableError in
-stages/nemotron_cc/tokenizer.py; LLMError's family in llm/errors.py; ModelUnavailable in
-local/model_server.py; QueueFullError and PriorityNotEnabledError (the simulator's
-replicas) in local/serving.py; CliError in cli/errors.py; ToolUnavailable in
-testing/tools.py.
+TransactionsUnsupportedError, PartitionFencedError, TransactionUnresolvedError and
+TransactionTimedOutError in kafka/transactions.py; SinkClosedError in kafka/sink.py;
+EngineError's family in engine/errors.py (GraphError in engine/graph.py);
+TokenizerUnavailableError in stages/nemotron_cc/tokenizer.py; LLMError's family in
+llm/errors.py; ModelUnavailable in local/model_server.py; QueueFullError and
+PriorityNotEnabledError (the simulator's replicas) in local/serving.py; CliError in
+cli/errors.py; ToolUnavailable in testing/tools.py.
 
 Foreign errors (aiohttp's, the openai SDK's, aiokafka's) are mapped into this
 tree where they enter: the LLM transports map theirs to :class:`LLMError`

@@ -25,6 +25,17 @@ What changes against the at-least-once :class:`~streamsynth.kafka.worker.Worker`
   hold the rebalance listener forever. A final transaction cut off there is left
   unresolved, as at shutdown: it commits nothing more, its held records are dropped
   and the next owner redoes what it does not find committed;
+- a regular commit round (the commit loop's) is bounded too: each of its
+  transactions by the transaction timeout (:func:`round_budget_s`), after which the
+  broker aborts the transaction itself (unless our EndTxn reached it), so waiting
+  longer cannot help, and a healthy broker needs milliseconds of it. A broker that
+  stops answering mid-round would otherwise hold the commit lock forever, the window
+  full of held records: the worker stalled without a word. A transaction cut off
+  there is unresolved as at shutdown; the worker logs an ERROR naming its partitions,
+  what was abandoned and the bound, fetches nothing more for them, and stops with
+  :data:`UNRESOLVED_EXIT_CODE` (the shutdown under its own deadline), so that the
+  orchestrator restarts it and the next owner's ``init_transactions`` settles the
+  transaction;
 - ``ProducerFenced``: the worker logs it, commits nothing more for the partition,
   stops and exits with :data:`FENCED_EXIT_CODE`.
 """
@@ -36,13 +47,13 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streamsynth.config import Settings
 from streamsynth.kafka.inflight import Job, PartitionState
 from streamsynth.kafka.routing import Publication
-from streamsynth.kafka.shutdown import Deadline
+from streamsynth.kafka.shutdown import INCOMPLETE_EXIT_CODE, Deadline
 from streamsynth.kafka.source import consumer_options
 from streamsynth.kafka.transactions import (
     CLOSE_TIMEOUT_S,
@@ -56,6 +67,11 @@ log = logging.getLogger("streamsynth.kafka.exactly_once")
 
 #: Exit status after ``ProducerFenced``: another worker owns our partitions.
 FENCED_EXIT_CODE = 3
+#: Exit status after a regular round's transaction was cut off at :func:`round_budget_s`.
+#: The shutdown's "incomplete" status, not a code of its own: the cause is the same (the
+#: broker did not answer in time, a step was abandoned, nothing unfinished committed)
+#: and so is the cure (a restart; the next owner settles and redoes).
+UNRESOLVED_EXIT_CODE = INCOMPLETE_EXIT_CODE
 #: Pause between commit rounds woken early (a bound passed), so a round never spins.
 MIN_ROUND_GAP_S = 0.01
 
@@ -69,6 +85,17 @@ def revoke_budget_s(settings: Settings) -> float:
     partitions to a worker whose ``init_transactions`` fences ours anyway.
     """
     return float(consumer_options(settings)["rebalance_timeout_ms"]) / 1000
+
+
+def round_budget_s(settings: Settings) -> float:
+    """How long a transaction of a regular commit round may wait for the broker:
+    ``kafka.transaction_timeout_ms``.
+
+    Past it the broker's coordinator aborts the transaction itself (unless the EndTxn
+    reached it, when it commits), so an answer is no longer worth waiting for; and it
+    is what the operator allows a transaction, far more than a healthy broker needs.
+    """
+    return settings.kafka.transaction_timeout_ms / 1000
 
 
 class ExactlyOnceWorker(Worker):
@@ -89,6 +116,12 @@ class ExactlyOnceWorker(Worker):
         await self._txn.probe()  # a broker without transactions: one clear error, now
         await super()._start()
         log.info("exactly-once delivery", extra={"transactional_id_prefix": self._txn.prefix})
+
+    def _dispatch(self, tp: TopicPartition, msgs: list[ConsumerRecord[bytes, bytes]]) -> None:
+        txn = self._txn
+        if txn is not None and txn.is_unresolved(tp):
+            return  # fetched before its pause took hold: its next owner fetches it again
+        super()._dispatch(tp, msgs)
 
     # -- a finished record: hold, do not send ------------------------------------------
     def _publish(self, job: Job, pubs: list[Publication]) -> None:
@@ -157,13 +190,17 @@ class ExactlyOnceWorker(Worker):
         While stopping, bounded by what is left of the shutdown (waiting for the
         round in flight included), and a revoke's final commit by what is left of
         the revoke; False when it timed out. A transaction cut off then leaves its
-        partition unresolved (nothing more is committed for it).
+        partition unresolved (nothing more is committed for it). A regular round's
+        transactions are each bounded by :func:`round_budget_s`; one cut off there
+        stops the worker (:meth:`_on_unresolved`).
         """
         deadline, which = self._commit_deadline(parts)
+        # A regular round bounds each transaction itself (cut off: unresolved, stop).
+        bound_s = round_budget_s(self.settings) if deadline is None else None
         try:
             async with asyncio.timeout(None if deadline is None else deadline.left()):
                 async with self._commit_lock:
-                    return await self._commit_round(parts)
+                    return await self._commit_round(parts, bound_s)
         except TimeoutError:
             self.metrics.offset_commits.labels("failed").inc()
             log.warning(f"transactions timed out ({which} deadline)")
@@ -181,16 +218,19 @@ class ExactlyOnceWorker(Worker):
             return self._revoke, "revoke"
         return None, ""
 
-    async def _commit_round(self, parts: Sequence[PartitionState] | None) -> bool:
+    async def _commit_round(
+        self, parts: Sequence[PartitionState] | None, bound_s: float | None
+    ) -> bool:
         txn = self._txn
         assert txn is not None
         chosen = list(self.window.parts.values()) if parts is None else list(parts)
         positions = {}
         for part in chosen:
             position = part.tracker.committable()
-            if not part.closed and position is not None:
+            # An unresolved partition commits nothing more (its close logs what it drops).
+            if not part.closed and position is not None and not txn.is_unresolved(part.tp):
                 positions[part.tp] = position
-        report = await txn.commit(positions) if positions else CommitReport()
+        report = await txn.commit(positions, bound_s) if positions else CommitReport()
         by_tp = {part.tp: part for part in chosen}
         for tp, n in report.committed.items():
             by_tp[tp].committed(positions[tp])
@@ -198,12 +238,44 @@ class ExactlyOnceWorker(Worker):
             self._release_slots(n)
         if report.committed:
             self.metrics.offset_commits.labels("ok").inc()
-        if report.failed:
+        if report.failed or report.unresolved:
             self.metrics.offset_commits.labels("failed").inc()
+        if report.unresolved:
+            self._on_unresolved(report.unresolved)
         for tp in report.fenced:
             self._on_fenced(tp)
         self._update_gauges(self.running.source, chosen)
-        return not report.failed and not report.fenced
+        return not report.failed and not report.fenced and not report.unresolved
+
+    def _on_unresolved(self, tps: list[TopicPartition]) -> None:
+        """A regular round's transaction of ``tps`` got no answer within its bound: its
+        outcome is unknown, so they commit nothing more, fetch nothing more, and the
+        worker stops; the next owner's ``init_transactions`` settles the transaction."""
+        txn = self._txn
+        assert txn is not None
+        bound_s = round_budget_s(self.settings)
+        held = sum(len(txn.parts[tp].held) for tp in tps if tp in txn.parts)
+        names = sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
+        code = self.exit_code or UNRESOLVED_EXIT_CODE  # a fence (3) says more: it stays
+        log.error(
+            f"commit round: the broker did not answer the transaction of {', '.join(names)} "
+            f"within {bound_s:g} s (kafka.transaction_timeout_ms); its outcome is unknown, "
+            "so nothing more is committed for these partitions; abandoned: "
+            f"{held} held records (redone by the next owner unless the transaction "
+            f"committed after all); stopping (exit {code}): the next owner settles it",
+            extra={
+                "partitions": names,
+                "held_records": held,
+                "bound_s": bound_s,
+                "exit_code": code,
+            },
+        )
+        self.exit_code = code
+        self.request_stop()
+        # _dispatch drops what is fetched anyway; a partition revoked meanwhile is no
+        # longer the consumer's to pause (IllegalStateError), and nothing may stop the stop.
+        with contextlib.suppress(KafkaError):
+            self.running.source.pause(tps)
 
     def _on_fenced(self, tp: TopicPartition) -> None:
         """Another worker took this partition over: stop its work, commit nothing, exit."""

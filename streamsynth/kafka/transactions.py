@@ -43,14 +43,19 @@ timeout); a final transaction cut off by that bound is interrupted (below).
 
 Interrupted transactions. aiokafka waits for the broker's answers without a bound,
 so the worker bounds a shutdown's transactions by its deadline and cancels what
-runs past it. A transaction cancelled before its commit or abort returned has an
-unknown outcome (the broker may still commit it), so its producer is left
-*unresolved*: it commits nothing more, and its held messages are dropped at close
-(the next owner's ``init_transactions`` settles the transaction either way; a
-committed one moved the offset with the messages, an aborted one is redone). A
-cancelled transaction is not aborted on the spot: waiting for the abort is what
-the cancel was meant to stop, and ``abort_transaction`` while the commit is in
-flight is an invalid state change in aiokafka (an AssertionError, which was once
+runs past it, and each transaction of a regular commit round by
+``kafka.transaction_timeout_ms`` (``timeout_s`` of :meth:`TransactionalSink.commit`;
+past it the broker aborts the transaction on its own unless our EndTxn reached it,
+so waiting longer cannot help): one cut off there is reported in
+:attr:`CommitReport.unresolved` and the worker stops (see
+:mod:`~streamsynth.kafka.exactly_once`). A transaction cancelled before its commit
+or abort returned has an unknown outcome (the broker may still commit it), so its
+producer is left *unresolved*: it commits nothing more, and its held messages are
+dropped at close (the next owner's ``init_transactions`` settles the transaction
+either way; a committed one moved the offset with the messages, an aborted one is
+redone). A cancelled transaction is not aborted on the spot: waiting for the abort
+is what the cancel was meant to stop, and ``abort_transaction`` while the commit is
+in flight is an invalid state change in aiokafka (an AssertionError, which was once
 taken here for a fence: a SIGTERM during a commit made the worker exit 3).
 """
 
@@ -165,11 +170,13 @@ class _Held:
 
 @dataclass(slots=True)
 class CommitReport:
-    """What a commit round did: records committed, partitions fenced or failed."""
+    """What a commit round did: records committed, partitions fenced or failed, and
+    partitions whose transaction this round cut off at its bound (``unresolved``)."""
 
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     fenced: list[TopicPartition] = field(default_factory=list)
     failed: list[TopicPartition] = field(default_factory=list)
+    unresolved: list[TopicPartition] = field(default_factory=list)
 
 
 class PartitionFencedError(StreamsynthError, RuntimeError):
@@ -182,6 +189,13 @@ class TransactionUnresolvedError(StreamsynthError, RuntimeError):
     """The partition's last transaction was interrupted: its outcome is unknown."""
 
     error_type = "transaction_unresolved"
+
+
+class TransactionTimedOutError(TransactionUnresolvedError):
+    """The broker did not answer a transaction within its bound: it was cut off there,
+    its outcome unknown (the partition is unresolved from then on)."""
+
+    error_type = "transaction_timed_out"
 
 
 class PartitionTxn:
@@ -208,13 +222,15 @@ class PartitionTxn:
         self.held_bytes += size
         return size
 
-    async def commit(self, position: int, group_id: str) -> int:
+    async def commit(self, position: int, group_id: str, timeout_s: float | None = None) -> int:
         """Send the held messages below ``position`` and commit them with that offset.
 
         Returns how many records the transaction covered (0: nothing to do). Raises
         :class:`PartitionFencedError` once fenced, :class:`TransactionUnresolvedError`
-        after an interrupted transaction, ``KafkaError`` when the transaction was
-        aborted (the messages stay held for the next round).
+        after an interrupted transaction, :class:`TransactionTimedOutError` when this
+        transaction ran past ``timeout_s`` and was cut off (None: no bound of its own),
+        ``KafkaError`` when the transaction was aborted (the messages stay held for the
+        next round).
         """
         async with self.lock:
             if self.fenced:
@@ -226,11 +242,18 @@ class PartitionTxn:
             ready = sorted(offset for offset in self.held if offset < position)
             if not ready and self.committed is not None and position <= self.committed:
                 return 0
+            bound = asyncio.timeout(timeout_s)
             try:
-                await self._transaction(ready, position, group_id)
+                async with bound:
+                    await self._transaction(ready, position, group_id)
             except FATAL_ERRORS as exc:
                 self._fence(exc)
                 raise PartitionFencedError(self.transactional_id) from exc
+            except TimeoutError as exc:
+                if not bound.expired():
+                    raise  # not our bound (the transaction was aborted): a plain failure
+                # The cancel left it unresolved (see _transaction): nothing more commits.
+                raise TransactionTimedOutError(self.transactional_id) from exc
             for offset in ready:
                 self.held_bytes -= self.held.pop(offset).size
             self.committed = position
@@ -409,16 +432,22 @@ class TransactionalSink:
         if self.held_bytes >= self.max_held_bytes or self.held_records >= self.max_held_records:
             self.wants_commit.set()
 
-    async def commit(self, positions: dict[TopicPartition, int]) -> CommitReport:
-        """One transaction per partition in ``positions`` (its finished prefix), concurrently."""
+    async def commit(
+        self, positions: dict[TopicPartition, int], timeout_s: float | None = None
+    ) -> CommitReport:
+        """One transaction per partition in ``positions`` (its finished prefix), concurrently,
+        each cut off past ``timeout_s`` (then reported ``unresolved``; None: unbounded)."""
         report = CommitReport()
         chosen = [(self.parts[tp], pos) for tp, pos in positions.items() if tp in self.parts]
         results = await asyncio.gather(
-            *(part.commit(pos, self.group_id) for part, pos in chosen), return_exceptions=True
+            *(part.commit(pos, self.group_id, timeout_s) for part, pos in chosen),
+            return_exceptions=True,
         )
         for (part, _), result in zip(chosen, results, strict=True):
             if isinstance(result, PartitionFencedError):
                 report.fenced.append(part.tp)
+            elif isinstance(result, TransactionTimedOutError):
+                report.unresolved.append(part.tp)
             elif isinstance(result, TransactionUnresolvedError):
                 report.failed.append(part.tp)  # its records are redone by the next owner
             elif isinstance(result, BaseException):
@@ -441,6 +470,10 @@ class TransactionalSink:
     def is_fenced(self, tp: TopicPartition) -> bool:
         part = self.parts.get(tp)
         return part is not None and part.fenced
+
+    def is_unresolved(self, tp: TopicPartition) -> bool:
+        part = self.parts.get(tp)
+        return part is not None and part.unresolved
 
     async def close(
         self, tps: Iterable[TopicPartition], timeout_s: float = CLOSE_TIMEOUT_S

@@ -16,11 +16,17 @@ from aiokafka import TopicPartition
 from aiokafka.producer.transaction_manager import TransactionManager
 
 from streamsynth.config import Settings, settings_from_dict
-from streamsynth.kafka.exactly_once import ExactlyOnceWorker, revoke_budget_s
-from streamsynth.kafka.shutdown import MIN_STEP_S, Shutdown
+from streamsynth.kafka.exactly_once import (
+    UNRESOLVED_EXIT_CODE,
+    ExactlyOnceWorker,
+    revoke_budget_s,
+    round_budget_s,
+)
+from streamsynth.kafka.shutdown import INCOMPLETE_EXIT_CODE, MIN_STEP_S, Shutdown
 from streamsynth.kafka.transactions import (
     PartitionTxn,
     TransactionalSink,
+    TransactionTimedOutError,
     TransactionUnresolvedError,
 )
 from streamsynth.kafka.worker import _Running
@@ -136,8 +142,20 @@ async def test_close_does_not_wait_past_its_bound_for_a_transaction_in_flight() 
         await asyncio.wait_for(commit, SLACK_S)
 
 
+async def test_a_transaction_past_its_bound_is_cut_off_and_left_unresolved() -> None:
+    part, producer = _part("commit")  # the broker never answers EndTxn
+    t0 = time.monotonic()
+    with pytest.raises(TransactionTimedOutError):
+        await asyncio.wait_for(part.commit(10, "group", timeout_s=0.1), 0.1 + SLACK_S)
+    assert time.monotonic() - t0 < 0.1 + SLACK_S
+    assert part.unresolved and not part.fenced and part.committed is None
+    assert "abort" not in producer.calls
+    with pytest.raises(TransactionUnresolvedError):  # nothing more is committed
+        await part.commit(10, "group")
+
+
 # -- the worker ------------------------------------------------------------------------------
-def _settings(**kafka: Any) -> Settings:
+def _settings(worker: dict[str, Any] | None = None, **kafka: Any) -> Settings:
     return settings_from_dict(
         {
             "kafka": {
@@ -152,16 +170,32 @@ def _settings(**kafka: Any) -> Settings:
             "stages": [
                 {"task": "custom", "prompt": "{document}", "output_field": "o", "output_topic": "o"}
             ],
-            "worker": {"commit_interval_s": 0.01, "drain_timeout_s": 0},
+            "worker": {"commit_interval_s": 0.01, "drain_timeout_s": 0, **(worker or {})},
         }
     )
 
 
 class _Source:
+    def __init__(self) -> None:
+        self.paused: set[TopicPartition] = set()
+
     def lag(self, tp: TopicPartition, committed: int | None) -> int | None:
         return None
 
     def pause(self, tps: Any) -> None:
+        self.paused.update(tps)
+
+    async def stop(self, timeout_s: float | None = None) -> bool:
+        return True  # left the group
+
+
+class _Sink:
+    async def stop(self, timeout_s: float | None = None) -> bool:
+        return True
+
+
+class _Runner:
+    async def teardown(self) -> None:
         pass
 
 
@@ -179,7 +213,7 @@ def _worker(producer: _Producer, settings: Settings | None = None) -> ExactlyOnc
     txn.hold(TP, 0, [])  # its (no) outputs held until its transaction commits
     worker._held[TP] = 1
     worker.window.count = 1  # a held record keeps its slot
-    worker._run = _Running(_Source(), None, None)  # type: ignore[arg-type]
+    worker._run = _Running(_Source(), _Sink(), _Runner())  # type: ignore[arg-type]
     return worker
 
 
@@ -276,3 +310,103 @@ async def test_the_commit_loop_stops_by_itself_once_the_worker_stops() -> None:
     txn.wants_commit.set()
     await asyncio.wait_for(worker._commit_loop(), SLACK_S)  # returns: no round started
     assert worker._round is None
+
+
+# -- a regular round's bound -------------------------------------------------------------------
+#: The smallest transaction timeout the settings allow: the regular round's bound.
+ROUND_SETTINGS = {"transaction_timeout_ms": 1_000}
+CUT_OFF = (
+    "commit round: the broker did not answer the transaction of in[0] within 1 s "
+    "(kafka.transaction_timeout_ms); its outcome is unknown, so nothing more is committed "
+    "for these partitions; abandoned: 1 held records (redone by the next owner unless the "
+    "transaction committed after all); stopping (exit 1): the next owner settles it"
+)
+
+
+def _cut_off_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("commit round")]
+
+
+async def test_a_regular_round_the_broker_leaves_unanswered_stops_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # EndTxn never answers: the round held the commit lock forever and the worker, its
+    # window full of held records, stalled without a word.
+    settings = _settings(**ROUND_SETTINGS)
+    bound_s = round_budget_s(settings)
+    assert bound_s == 1.0  # the transaction timeout
+    producer = _Producer("commit")
+    worker = _worker(producer, settings)
+    assert worker._txn is not None
+    part = worker._txn.parts[TP]
+    loop = asyncio.create_task(worker._commit_loop())
+    t0 = time.monotonic()
+    await asyncio.wait_for(worker._stop_event.wait(), bound_s + SLACK_S)  # asks to stop
+    assert bound_s - 0.01 <= time.monotonic() - t0 < bound_s + SLACK_S
+    await asyncio.wait_for(loop, SLACK_S)  # the loop ends by itself: the worker stops
+    assert part.unresolved and not part.fenced  # the next owner settles it
+    assert part.committed is None and worker.window.parts[TP].tracker.committed is None
+    assert "abort" not in producer.calls
+    assert worker.exit_code == UNRESOLVED_EXIT_CODE == INCOMPLETE_EXIT_CODE == 1
+    assert not worker._commit_lock.locked()
+    assert _cut_off_lines(caplog) == [CUT_OFF]
+    assert [r.levelname for r in caplog.records if r.getMessage() == CUT_OFF] == ["ERROR"]
+    # Never consuming on it again: paused, and what was fetched already is not started.
+    assert TP in worker.running.source.paused  # type: ignore[attr-defined]
+    worker._dispatch(TP, [object()])  # type: ignore[list-item]
+    assert worker.window.count == 1 and not worker.window.parts[TP].jobs
+
+
+async def test_the_shutdown_after_a_round_cut_off_ends_within_its_own_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = _settings({"shutdown_timeout_s": 1.0}, **ROUND_SETTINGS)
+    producer = _Producer("commit")  # still silent
+    worker = _worker(producer, settings)
+    assert worker._txn is not None
+    part = worker._txn.parts[TP]
+    assert not await asyncio.wait_for(worker.commit(), round_budget_s(settings) + SLACK_S)
+    await asyncio.wait_for(worker._shutdown(), 1.0 + MIN_STEP_S + SLACK_S)
+    assert producer.calls.count("commit") == 1  # the final commit left it alone
+    assert "stop" in producer.calls and TP not in worker._txn.parts
+    assert part.committed is None and not part.held  # dropped: redone by the next owner
+    assert worker.window.count == 0
+    assert worker.exit_code == UNRESOLVED_EXIT_CODE
+    assert not any("shutdown incomplete" in r.getMessage() for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records if "was cut off" in r.getMessage()] == [
+        "shutdown: the last transaction of 1 partitions was cut off, its outcome unknown; "
+        "abandoned: 1 held records (redone by the next owner unless the transaction "
+        "committed after all)"
+    ]
+
+
+async def test_a_regular_round_the_broker_answers_is_not_cut_off() -> None:
+    producer = _Producer()
+    worker = _worker(producer, _settings(**ROUND_SETTINGS))
+    assert worker._txn is not None
+    part = worker._txn.parts[TP]
+    assert await asyncio.wait_for(worker.commit(), SLACK_S)
+    assert producer.calls == ["begin", "offsets", "commit"]
+    assert part.committed == 1 and not part.unresolved
+    assert worker.window.count == 0  # the committed record's slot came back
+    assert not worker._stopping and worker.exit_code == 0
+
+
+async def test_a_revoke_keeps_its_own_bound_not_the_rounds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The revoke (2 s) outlasts the round's bound (1 s): its final transaction is cut
+    # off at the revoke's bound, and the worker goes on as before.
+    settings = _settings(**ROUND_SETTINGS, session_timeout_ms=2_000, max_poll_interval_ms=2_000)
+    budget_s = revoke_budget_s(settings)
+    assert budget_s == 2.0 > round_budget_s(settings)
+    producer = _Producer("commit")
+    worker = _worker(producer, settings)
+    assert worker._txn is not None
+    part = worker._txn.parts[TP]
+    t0 = time.monotonic()
+    await asyncio.wait_for(worker.on_revoked({TP}), budget_s + MIN_STEP_S + SLACK_S)
+    assert budget_s - 0.01 <= time.monotonic() - t0
+    assert part.unresolved and not part.fenced
+    assert not worker._stopping and worker.exit_code == 0
+    assert _cut_off_lines(caplog) == []
