@@ -23,7 +23,7 @@ function of its inputs (above ``records`` and ``dlq``, below the worker).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from streamsynth.kafka.dlq import Failure, dlq_headers
@@ -82,21 +82,31 @@ class Publication:
     reason: str = ""
 
 
-@dataclass(slots=True)
 class Routed:
-    """The publications of one record, and what the worker should count and log."""
+    """The publications of one record, and what the worker should count and log.
 
-    publications: list[Publication] = field(default_factory=list)
-    #: Records dead-lettered, for the log (the DLQ metric counts acknowledgements).
-    failures: list[Failure] = field(default_factory=list)
-    #: (stage, reason) of every filtered stage, published or not.
-    filtered: list[tuple[str, str]] = field(default_factory=list)
-    #: Some stage got an answer from the LLM (readiness evidence).
-    llm_answered: bool = False
-    #: The stage of every row a stage's ``when`` skipped (finished, published nowhere).
-    skipped: list[str] = field(default_factory=list)
-    #: (stage, answers) that stopped at max_tokens, whatever became of them.
-    truncated: list[tuple[str, int]] = field(default_factory=list)
+    A plain class, not a dataclass: one is built per record, and five
+    ``default_factory`` calls cost more than the lists.
+    """
+
+    __slots__ = ("failures", "filtered", "llm_answered", "publications", "skipped", "truncated")
+
+    def __init__(
+        self,
+        publications: list[Publication] | None = None,
+        failures: list[Failure] | None = None,
+    ) -> None:
+        self.publications: list[Publication] = [] if publications is None else publications
+        #: Records dead-lettered, for the log (the DLQ metric counts acknowledgements).
+        self.failures: list[Failure] = [] if failures is None else failures
+        #: (stage, reason) of every filtered stage, published or not.
+        self.filtered: list[tuple[str, str]] = []
+        #: Some stage got an answer from the LLM (readiness evidence).
+        self.llm_answered = False
+        #: The stage of every row a stage's ``when`` skipped (finished, published nowhere).
+        self.skipped: list[str] = []
+        #: (stage, answers) that stopped at max_tokens, whatever became of them.
+        self.truncated: list[tuple[str, int]] = []
 
 
 class Router:
@@ -127,9 +137,7 @@ class Router:
         outcomes: Sequence[RecordOutcome],
     ) -> Routed:
         """Every stage's publications for one decoded record (``outcomes`` in stage order)."""
-        ctx = _Context(
-            msg, output_key(msg.key, doc, self.id_field), document_id(doc, self.id_field)
-        )
+        ctx = _Context(msg, doc, self.id_field)
         routed = Routed()
         for stage, outcome in zip(stages, outcomes, strict=True):
             self._guarded(routed, ctx, stage, outcome, doc, None)
@@ -143,9 +151,7 @@ class Router:
         stages: Mapping[str, RoutedStage],
     ) -> Routed:
         """The publications of every run of a stage graph (``runs`` upstream first)."""
-        ctx = _Context(
-            msg, output_key(msg.key, doc, self.id_field), document_id(doc, self.id_field)
-        )
+        ctx = _Context(msg, doc, self.id_field)
         routed = Routed()
         parents: dict[int, dict[str, str]] = {}  # id(run) -> the parent ref it was given
         refs: dict[tuple[int, int], dict[str, str]] = {}  # (id(run), output) -> ref to it
@@ -272,17 +278,18 @@ class Router:
             routed.publications.append(Publication(out, "output", stage.name))
 
 
-@dataclass(slots=True)
 class _Context:
     """What every publication of one input record shares."""
 
-    msg: ConsumerRecord[bytes, bytes]
-    key: bytes | None
-    doc_id: str | None
-    source: dict[str, Any] = field(init=False)
+    __slots__ = ("doc_id", "key", "msg", "source")
 
-    def __post_init__(self) -> None:
-        self.source = source_meta(self.msg.topic, self.msg.partition, self.msg.offset)
+    def __init__(
+        self, msg: ConsumerRecord[bytes, bytes], doc: Mapping[str, Any], id_field: str
+    ) -> None:
+        self.msg = msg
+        self.key = output_key(msg.key, doc, id_field)
+        self.doc_id = document_id(doc, id_field)
+        self.source = source_meta(msg.topic, msg.partition, msg.offset)
 
 
 def _segment(stage: RoutedStage, data: Mapping[str, Any], index: int, count: int) -> int | None:
