@@ -208,12 +208,19 @@ class PartitionTxn:
         self.held: dict[int, _Held] = {}
         self.held_bytes = 0
         self.fenced = False
-        #: A transaction was interrupted before its commit or abort returned (see the
-        #: module doc): this producer commits nothing more.
+        #: Set while a transaction runs, and left set when one was interrupted before its
+        #: commit or abort returned (see the module doc): then, with the lock free again,
+        #: this producer commits nothing more (:attr:`cut_off`).
         self.unresolved = False
         self.committed: int | None = None
         self.lock = asyncio.Lock()
         self._partitions: dict[str, list[int]] = {}
+
+    @property
+    def cut_off(self) -> bool:
+        """A transaction was interrupted, its outcome unknown. Not merely one in flight:
+        ``unresolved`` is set during every transaction, which runs under the lock."""
+        return self.unresolved and not self.lock.locked()
 
     def hold(self, offset: int, messages: list[OutMessage]) -> int:
         """Keep a finished record's messages until its prefix commits; returns their bytes."""
@@ -472,8 +479,9 @@ class TransactionalSink:
         return part is not None and part.fenced
 
     def is_unresolved(self, tp: TopicPartition) -> bool:
+        """Whether ``tp``'s last transaction was cut off (never true while one runs)."""
         part = self.parts.get(tp)
-        return part is not None and part.unresolved
+        return part is not None and part.cut_off
 
     async def close(
         self, tps: Iterable[TopicPartition], timeout_s: float = CLOSE_TIMEOUT_S

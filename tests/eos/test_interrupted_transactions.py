@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.producer.transaction_manager import TransactionManager
 
 from streamsynth.config import Settings, settings_from_dict
@@ -22,6 +22,7 @@ from streamsynth.kafka.exactly_once import (
     revoke_budget_s,
     round_budget_s,
 )
+from streamsynth.kafka.inflight import Job
 from streamsynth.kafka.shutdown import INCOMPLETE_EXIT_CODE, MIN_STEP_S, Shutdown
 from streamsynth.kafka.transactions import (
     PartitionTxn,
@@ -355,6 +356,26 @@ async def test_a_regular_round_the_broker_leaves_unanswered_stops_the_worker(
     assert TP in worker.running.source.paused  # type: ignore[attr-defined]
     worker._dispatch(TP, [object()])  # type: ignore[list-item]
     assert worker.window.count == 1 and not worker.window.parts[TP].jobs
+
+
+async def test_records_fetched_while_a_transaction_runs_are_started() -> None:
+    # A transaction in flight is not one cut off. Taking one for the other dropped every
+    # batch fetched during a commit round: those offsets were never tracked, so the
+    # partition's committed prefix stopped there and the worker stalled (bench eos).
+    producer = _Producer("commit")
+    worker = _worker(producer)
+    assert worker._txn is not None
+    started: list[Job] = []
+    worker._start_job = started.append  # type: ignore[method-assign]
+    round_in_flight = asyncio.create_task(worker.commit())
+    await asyncio.wait_for(producer.waiting.wait(), SLACK_S)
+    assert worker._txn.parts[TP].unresolved and not worker._txn.is_unresolved(TP)
+    msg = ConsumerRecord(TP.topic, TP.partition, 1, 0, 0, b"k", b"v", None, 1, 1, [])
+    worker._dispatch(TP, [msg])
+    assert [job.msg.offset for job in started] == [1]
+    producer.answer.set()
+    assert await asyncio.wait_for(round_in_flight, SLACK_S)
+    assert not worker._txn.is_unresolved(TP) and not worker._stopping
 
 
 async def test_the_shutdown_after_a_round_cut_off_ends_within_its_own_deadline(
