@@ -336,14 +336,17 @@ class ExactlyOnceWorker(Worker):
         txn = self._txn
         assert txn is not None
         tps = [part.tp for part in parts]
-        unresolved = [tp for tp in tps if tp in txn.parts and txn.parts[tp].unresolved]
-        held = sum(len(txn.parts[tp].held) for tp in unresolved)
-        # Aborts an open transaction (never half-committed), within the bound.
+        producers = {tp: txn.parts[tp] for tp in tps if tp in txn.parts}
+        held = {tp: len(p.held) for tp, p in producers.items()}
+        # Aborts an open transaction (never half-committed), within the bound. A round's
+        # transaction still in flight may finish meanwhile: only after it is the
+        # "unresolved" flag a verdict (PartitionTxn.cut_off).
         dropped, stopped = await txn.close(tps, self._close_timeout())
         for tp in tps:
             self._release_slots(self._held.pop(tp, 0))
+        unresolved = [tp for tp, p in producers.items() if p.unresolved]
         if unresolved:
-            _log_unresolved(unresolved, held, why)
+            _log_unresolved(unresolved, sum(held[tp] for tp in unresolved), why)
         if dropped:
             log.info("held records dropped (redone by the next owner)", extra={"n": dropped})
         if not stopped:
