@@ -128,7 +128,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 from streamsynth.llm.observer import NULL_OBSERVER, LLMObserver
 
@@ -270,6 +270,12 @@ class _Waiter:
         self.state = _WAITING
 
 
+def _compact(heap: list[tuple[Any, int, _Waiter]]) -> None:
+    """Drop the entries of waiters no longer waiting from ``heap``, in place."""
+    heap[:] = [entry for entry in heap if entry[2].state is _WAITING]
+    heapq.heapify(heap)
+
+
 class _Deadlines:
     """The wait bounds of a queue: a heap by deadline (loop time) and one timer at the
     earliest. Deadlines mostly arrive in order, so a new waiter rarely moves the timer."""
@@ -289,9 +295,7 @@ class _Deadlines:
         when = loop.time() + max(timeout_s, 0.0)
         heap = self._heap
         if len(heap) > 2 * live + 64:
-            # Granted waiters stay until their deadline passes: drop them, amortized O(1).
-            heap[:] = [e for e in heap if e[2].state is _WAITING]
-            heapq.heapify(heap)
+            _compact(heap)  # granted waiters stay until their deadline: amortized O(1)
         heapq.heappush(heap, (when, next(self._order), waiter))
         if when < self._at:
             self._arm(loop, when)
@@ -365,9 +369,9 @@ class AdaptiveLimiter:
         # next free slot goes to the lowest priority value, first come first served within one.
         self._waiters: list[tuple[int, int, _Waiter]] = []
         self._arrivals = itertools.count()
-        #: Waiters still waiting; the heaps also hold gone ones until popped or compacted.
+        #: Waiters still waiting; the heap also holds gone ones (``len(_waiters) - _live``)
+        #: until they are popped or compacted.
         self._live = 0
-        self._gone = 0
         self._deadlines = _Deadlines(self._expire)
         start = max_limit
         if adaptive:
@@ -486,11 +490,9 @@ class AdaptiveLimiter:
             return
         waiter.state = _GONE
         self._live -= 1
-        self._gone += 1
-        if self._gone > 64 and self._gone > len(self._waiters) // 2:
-            self._waiters = [e for e in self._waiters if e[2].state is _WAITING]
-            heapq.heapify(self._waiters)
-            self._gone = 0
+        gone = len(self._waiters) - self._live
+        if gone > 64 and gone > len(self._waiters) // 2:
+            _compact(self._waiters)
 
     def _expire(self, waiter: _Waiter) -> None:
         self._drop(waiter)
@@ -533,7 +535,6 @@ class AdaptiveLimiter:
         while self._waiters and self._inflight < self._limit:
             waiter = heapq.heappop(self._waiters)[2]
             if waiter.state is not _WAITING:
-                self._gone -= 1
                 continue
             self._live -= 1
             if waiter.future.done():  # cancelled, its task not resumed yet: _drop skips it
