@@ -8,6 +8,11 @@ as ``streamsynth run`` sets it (:func:`~streamsynth.kafka.runtime.tune_collector
 The broker (embedded Tansu unless KAFKA_BOOTSTRAP_SERVERS is set) shares the
 machine. The goal is 30,000 records/s on one core.
 
+In the same run it measures the record path alone, without Kafka (decode, the stage,
+routing with its output JSON and ids, accounting; each output dropped at once), so the
+figure splits into that path and the rest (fetch, the task and window, produce, acks,
+commits, the loop).
+
 Run: ``python -m benchmarks.bench_engine [--records N] [--profile FILE]``.
 """
 
@@ -27,15 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka.structs import ConsumerRecord
 
 from streamsynth.config import Settings, settings_from_dict
 from streamsynth.engine.loop import LoopKind, loop_factory
 from streamsynth.engine.loop import run as run_loop
 from streamsynth.kafka.connection import KafkaConnection
+from streamsynth.kafka.processing import StageRunner
+from streamsynth.kafka.records import BadRecord, decode_value
+from streamsynth.kafka.routing import Router
 from streamsynth.kafka.runtime import tune_collector
 from streamsynth.kafka.worker import StageSpec, Worker
 from streamsynth.llm.types import ChatRequest, ChatResult, Usage
 from streamsynth.local.broker import create_topics, kafka_bootstrap
+from streamsynth.metrics.health import HealthState
 from streamsynth.metrics.registry import Metrics
 from streamsynth.stages.synthetic import SyntheticStage
 
@@ -75,6 +85,12 @@ class EngineResult:
     #: machine, measured in the same run: the floor of a task per record, and a yardstick
     #: for comparing figures across machines.
     task_cpu_us: float
+    #: CPU microseconds per record of the record path alone, measured in the same run
+    #: without Kafka (see the module doc): the part of the figure the stage and its
+    #: output make; the rest is the worker's plumbing.
+    record_path_cpu_us: float
+    #: CPU microseconds per record in the worker, less the record path.
+    plumbing_cpu_us: float
     python: str
     cpu_count: int | None
 
@@ -110,17 +126,32 @@ def bench_settings(bootstrap: str, base: str, *, inflight: int, batch: int) -> S
     )
 
 
+def document(i: int) -> tuple[bytes, bytes]:
+    """The key and value of input record ``i``."""
+    text = "Rivers carry sediment from the mountains to the sea, and deltas change shape. "
+    return f"doc-{i}".encode(), orjson.dumps({"id": f"doc-{i}", "text": f"{text}{i}"})
+
+
+def null_stage() -> SyntheticStage:
+    return SyntheticStage(
+        name="summary",
+        prompt="Summarize:\n\n{document}",
+        output_field="summary",
+        client=NullClient(),
+        model_name="null",
+    )
+
+
 async def fill_topic(bootstrap: str, topic: str, n: int) -> None:
     producer = KafkaConnection(bootstrap_servers=bootstrap).producer(
         acks="all", linger_ms=20, max_batch_size=512 * 1024
     )
     await producer.start()
     try:
-        text = "Rivers carry sediment from the mountains to the sea, and deltas change shape. "
         pending = []
         for i in range(n):
-            value = orjson.dumps({"id": f"doc-{i}", "text": f"{text}{i}"})
-            pending.append(await producer.send(topic, value, key=f"doc-{i}".encode()))
+            key, value = document(i)
+            pending.append(await producer.send(topic, value, key=key))
             if len(pending) >= 10_000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -141,6 +172,39 @@ async def task_cost_us(n: int = 20_000) -> float:
     return (time.process_time() - start) / n * 1e6
 
 
+async def record_path_us(settings: Settings, n: int = 20_000, reps: int = 3) -> float:
+    """CPU microseconds per record of the record path without Kafka, best of ``reps``.
+
+    The worker's own code for one record, as its task runs it (decode, the stages,
+    routing, accounting), on ``n`` records built as the topic's; nothing is published.
+    """
+    spec = StageSpec("summary", null_stage(), settings.stages[0].output_topic)
+    router = Router(
+        dlq_topic=settings.kafka.dlq_topic,
+        filtered_topic=settings.kafka.filtered_topic,
+        id_field=settings.record.id_field,
+    )
+    runner = await StageRunner.start(settings, [spec], router, Metrics(), HealthState())
+    topic = settings.kafka.input_topic
+    msgs = []
+    for i in range(n):
+        key, value = document(i)
+        size = (len(key), len(value))
+        msgs.append(ConsumerRecord(topic, i % PARTITIONS, i, 0, 0, key, value, None, *size, ()))
+    text_field, max_bytes = settings.record.text_field, settings.record.max_record_bytes
+    best = float("inf")
+    for _ in range(reps):
+        start = time.process_time()
+        for msg in msgs:
+            doc = decode_value(msg.value, text_field=text_field, max_bytes=max_bytes)
+            if isinstance(doc, BadRecord):
+                raise AssertionError(f"the benchmark's own record is bad: {doc.reason}")
+            runner.account(msg, await runner.process(msg, doc))
+        best = min(best, time.process_time() - start)
+    await runner.teardown()
+    return best / n * 1e6
+
+
 def produced_total(spec: StageSpec) -> float:
     """Outputs acknowledged so far: the worker's own counter child, read without a scrape."""
     return 0.0 if spec.produced is None else float(spec.produced.value)
@@ -154,15 +218,7 @@ async def run(records: int, *, inflight: int, batch: int, timeout_s: float) -> E
             bootstrap, {f"{base}.in": PARTITIONS, f"{base}.out": PARTITIONS, f"{base}.dlq": 1}
         )
         await fill_topic(bootstrap, f"{base}.in", records)
-        client = NullClient()
-        stage = SyntheticStage(
-            name="summary",
-            prompt="Summarize:\n\n{document}",
-            output_field="summary",
-            client=client,
-            model_name="null",
-        )
-        spec = StageSpec("summary", stage, f"{base}.out")
+        spec = StageSpec("summary", null_stage(), f"{base}.out")
         worker = Worker(settings, stages=[spec], metrics=Metrics())
         task = asyncio.get_running_loop().create_task(worker.run())
         try:
@@ -185,6 +241,8 @@ async def run(records: int, *, inflight: int, batch: int, timeout_s: float) -> E
                 await asyncio.wait_for(task, 30)
         rps = done / elapsed if elapsed > 0 else 0.0
         task_us = min([await task_cost_us() for _ in range(3)])
+        path_us = await record_path_us(settings)
+        worker_us = cpu / done * 1e6 if done > 0 else 0.0
         broker_kind = "external" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "embedded"
         return EngineResult(
             records=int(done),
@@ -199,6 +257,8 @@ async def run(records: int, *, inflight: int, batch: int, timeout_s: float) -> E
             broker=broker_kind,
             event_loop=type(asyncio.get_running_loop()).__module__,
             task_cpu_us=round(task_us, 2),
+            record_path_cpu_us=round(path_us, 2),
+            plumbing_cpu_us=round(max(0.0, worker_us - path_us), 2),
             python=platform.python_version(),
             cpu_count=os.cpu_count(),
         )
@@ -234,6 +294,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{result.records_per_cpu_s:,.0f} records per CPU-second of the worker "
         f"({1e6 / result.records_per_cpu_s if result.records_per_cpu_s else 0:.0f} us per "
         f"record; a bare task costs {result.task_cpu_us:.1f} us on this machine)"
+    )
+    print(
+        f"  of which the record path without Kafka (decode, stage, routing and outputs): "
+        f"{result.record_path_cpu_us:.1f} us; the rest (fetch, task, window, produce, acks, "
+        f"commits, loop): {result.plumbing_cpu_us:.1f} us"
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -124,4 +124,11 @@ def test_engine_smoke(tmp_path: Path) -> None:
     ratio = r["records_per_s"] / r["target_records_per_s"]
     assert r["ratio_to_target"] == pytest.approx(ratio, rel=0.01)
     assert 0 < r["task_cpu_us"] < 1000
+    # The split: the record path alone, and the rest of the worker's CPU per record.
+    assert 0 < r["record_path_cpu_us"] < 1e6 / r["records_per_cpu_s"] * 10
+    worker_us = 1e6 / r["records_per_cpu_s"]
+    assert r["plumbing_cpu_us"] == pytest.approx(
+        max(0.0, worker_us - r["record_path_cpu_us"]), abs=0.5
+    )
     assert "records/s" in done.stdout and "a bare task costs" in done.stdout
+    assert "the record path without Kafka" in done.stdout
