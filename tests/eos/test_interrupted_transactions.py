@@ -86,7 +86,7 @@ class _Producer:
 
 def _part(*hang: str) -> tuple[PartitionTxn, _Producer]:
     producer = _Producer(*hang)
-    return PartitionTxn(TP, "in.0", producer), producer  # type: ignore[arg-type]
+    return PartitionTxn(TP, "in.0", producer), producer
 
 
 async def _cut_off(part: PartitionTxn, producer: _Producer) -> None:
@@ -156,7 +156,7 @@ async def test_a_transaction_past_its_bound_is_cut_off_and_left_unresolved() -> 
 
 
 # -- the worker ------------------------------------------------------------------------------
-def _settings(worker: dict[str, Any] | None = None, **kafka: Any) -> Settings:
+def _settings(worker: dict[str, Any] | None = None, /, **kafka: Any) -> Settings:
     return settings_from_dict(
         {
             "kafka": {
@@ -206,7 +206,7 @@ def _worker(producer: _Producer, settings: Settings | None = None) -> ExactlyOnc
     worker = ExactlyOnceWorker(settings)
     worker._held = {}
     txn = worker._txn = TransactionalSink(settings)
-    txn.parts[TP] = PartitionTxn(TP, "in.0", producer)  # type: ignore[arg-type]
+    txn.parts[TP] = PartitionTxn(TP, "in.0", producer)
     worker.window.assign({TP})
     state = worker.window.parts[TP]
     state.tracker.add(0)
@@ -365,7 +365,7 @@ async def test_a_regular_round_the_broker_leaves_unanswered_stops_the_worker(
     assert [r.levelname for r in caplog.records if r.getMessage() == CUT_OFF] == ["ERROR"]
     # Never consuming on it again: paused, and what was fetched already is not started.
     assert TP in worker.running.source.paused  # type: ignore[attr-defined]
-    worker._dispatch(TP, [object()])  # type: ignore[list-item]
+    worker._dispatch(TP, [object()])
     assert worker.window.count == 1 and not worker.window.parts[TP].jobs
 
 
