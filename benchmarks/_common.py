@@ -18,16 +18,17 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
 from streamsynth.local.llm_simulator import LatencyModel
+from streamsynth.local.process import sigterm_exits
 from streamsynth.testing import harness
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -332,3 +333,15 @@ produce = harness.produce
 Watcher = harness.Watcher
 committed_total = harness.committed_total
 warm_up = harness.warm_up
+
+
+def run_main(main: Callable[[], object]) -> NoReturn:
+    """``python -m benchmarks.bench_X``: run ``main()`` as ``streamsynth bench`` does.
+
+    SIGTERM (``timeout``) raises ``SystemExit(143)`` so the benchmark's cleanups run
+    (brokers, simulators); otherwise a killed benchmark leaves them to the parent-death
+    signal alone, and its temporary files behind.
+    """
+    with sigterm_exits():
+        code = main()
+    raise SystemExit(code if isinstance(code, int) and not isinstance(code, bool) else 0)

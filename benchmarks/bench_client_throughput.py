@@ -148,4 +148,6 @@ def main(argv: list[str] | None = None) -> list[ThroughputResult]:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks._common import run_main
+
+    run_main(main)

@@ -307,4 +307,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks._common import run_main
+
+    run_main(main)

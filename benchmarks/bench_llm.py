@@ -301,4 +301,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks._common import run_main
+
+    run_main(main)

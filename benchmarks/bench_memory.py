@@ -246,4 +246,4 @@ if __name__ == "__main__":
     if "--child" in sys.argv:
         cfg = sys.argv[sys.argv.index("--config") + 1]
         raise SystemExit(asyncio.run(_child(Path(cfg))))
-    raise SystemExit(main())
+    c.run_main(main)

@@ -217,3 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     c.save_result("routing", args, {"sides": sides, "goodput_ratio": goodput_ratio, "met": met})
     return 0
+
+
+if __name__ == "__main__":
+    c.run_main(main)

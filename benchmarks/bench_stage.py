@@ -141,4 +141,6 @@ def main(argv: list[str] | None = None, client_factory: ClientFactory | None = N
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks._common import run_main
+
+    run_main(main)

@@ -444,4 +444,6 @@ if __name__ == "__main__":
         print(json.dumps(_curator_child(json.loads(sys.argv[2]))), flush=True)
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        sys.exit(main())
+        from benchmarks._common import run_main
+
+        run_main(main)

@@ -7,6 +7,7 @@ block's cleanup: the brokers are guarded by a parent-death signal, and
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import select
@@ -125,3 +126,61 @@ def test_streamsynth_bench_runs_the_benchmarks_cleanups_on_sigterm(tmp_path: Pat
         stop_process(child, kill=True)
         if child.stdout is not None:
             child.stdout.close()
+
+
+#: A benchmark run as ``python -m``: the repository's ``run_main`` around a main that waits.
+MODULE_MAIN = """
+import threading
+from pathlib import Path
+from benchmarks._common import run_main
+
+def main() -> int:
+    try:
+        print("running", flush=True)
+        threading.Event().wait()
+    finally:
+        Path({marker!r}).write_text("yes")
+    return 0
+
+run_main(main)
+"""
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_benchmark_run_as_a_module_runs_its_cleanups_on_sigterm(tmp_path: Path) -> None:
+    marker = tmp_path / "cleaned-up"
+    child = subprocess.Popen(
+        [sys.executable, "-c", MODULE_MAIN.format(marker=str(marker))],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _read_line(child, START_S) == "running"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=GONE_S) == SIGTERM_EXIT_CODE
+        assert marker.read_text() == "yes"
+    finally:
+        stop_process(child, kill=True)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def _main_block_calls(path: Path) -> set[str]:
+    """The names called anywhere in ``path``'s ``if __name__ == "__main__":`` blocks."""
+    called: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        test = node.test if isinstance(node, ast.If) else None
+        if isinstance(test, ast.Compare) and ast.unparse(test) == "__name__ == '__main__'":
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Call):
+                    called.add(ast.unparse(sub.func).rpartition(".")[2])
+    return called
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "benchmarks").glob("bench_*.py")), ids=lambda p: p.name
+)
+def test_every_benchmark_module_runs_its_main_through_run_main(path: Path) -> None:
+    assert "run_main" in _main_block_calls(path)
