@@ -93,46 +93,10 @@ def test_a_broker_dies_with_its_sigtermed_parent(module: str, cls: str) -> None:
             child.stdout.close()
 
 
-BENCHMARK = """
+#: A benchmark's main: waits to be killed, and marks the cleanup it ran.
+WAITING_MAIN = """
 import threading
 from pathlib import Path
-
-def main() -> None:
-    try:
-        print("running", flush=True)
-        threading.Event().wait()
-    finally:
-        Path("cleaned-up").write_text("yes")
-"""
-
-
-def test_streamsynth_bench_runs_the_benchmarks_cleanups_on_sigterm(tmp_path: Path) -> None:
-    bench = tmp_path / "benchmarks"
-    bench.mkdir()
-    (bench / "__init__.py").write_text("")
-    (bench / "bench_waits.py").write_text(BENCHMARK)
-    child = subprocess.Popen(
-        [sys.executable, "-m", "streamsynth.cli.main", "bench", "waits"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert _read_line(child, START_S) == "running"
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=GONE_S) == SIGTERM_EXIT_CODE
-        assert (tmp_path / "cleaned-up").read_text() == "yes"
-    finally:
-        stop_process(child, kill=True)
-        if child.stdout is not None:
-            child.stdout.close()
-
-
-#: A benchmark run as ``python -m``: the repository's ``run_main`` around a main that waits.
-MODULE_MAIN = """
-import threading
-from pathlib import Path
-from benchmarks._common import run_main
 
 def main() -> int:
     try:
@@ -141,21 +105,14 @@ def main() -> int:
     finally:
         Path({marker!r}).write_text("yes")
     return 0
-
-run_main(main)
 """
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_a_benchmark_run_as_a_module_runs_its_cleanups_on_sigterm(tmp_path: Path) -> None:
-    marker = tmp_path / "cleaned-up"
-    child = subprocess.Popen(
-        [sys.executable, "-c", MODULE_MAIN.format(marker=str(marker))],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def _sigterm_runs_cleanups(argv: list[str], cwd: Path, marker: Path) -> None:
+    """Start ``argv``, SIGTERM it once it runs: it exits 143 with its cleanup done."""
+    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, text=True)
     try:
         assert _read_line(child, START_S) == "running"
         child.send_signal(signal.SIGTERM)
@@ -165,6 +122,25 @@ def test_a_benchmark_run_as_a_module_runs_its_cleanups_on_sigterm(tmp_path: Path
         stop_process(child, kill=True)
         if child.stdout is not None:
             child.stdout.close()
+
+
+def test_streamsynth_bench_runs_the_benchmarks_cleanups_on_sigterm(tmp_path: Path) -> None:
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "__init__.py").write_text("")
+    marker = tmp_path / "cleaned-up"
+    (bench / "bench_waits.py").write_text(WAITING_MAIN.format(marker=str(marker)))
+    argv = [sys.executable, "-m", "streamsynth.cli.main", "bench", "waits"]
+    _sigterm_runs_cleanups(argv, tmp_path, marker)
+
+
+def test_a_benchmark_run_as_a_module_runs_its_cleanups_on_sigterm(tmp_path: Path) -> None:
+    # As ``python -m benchmarks.bench_X`` runs it: the repository's run_main around main.
+    marker = tmp_path / "cleaned-up"
+    script = WAITING_MAIN.format(marker=str(marker)) + (
+        "from benchmarks._common import run_main\nrun_main(main)\n"
+    )
+    _sigterm_runs_cleanups([sys.executable, "-c", script], REPO, marker)
 
 
 def _main_block_calls(path: Path) -> set[str]:
