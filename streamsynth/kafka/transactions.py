@@ -368,6 +368,10 @@ class PartitionTxn:
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.producer.client.close(), DROP_TIMEOUT_S)
+            # Abandoned, never to be used again. Unmarked, aiokafka's finalizer reported it
+            # at exit as an "Unclosed AIOKafkaProducer" ERROR, next to the lines that say
+            # why it was abandoned; its stop() (which would mark it) waits on the silence.
+            self.producer._closed = True
             return False
         return True
 
