@@ -82,6 +82,27 @@ async def _until_committed(bootstrap: str, topics: Topics, target: float, timeou
         await asyncio.sleep(0.1)
 
 
+async def _finish(
+    cfg: dict[str, Any],
+    tmp_path: Path,
+    name: str,
+    topics: Topics,
+    n: int,
+    *,
+    within_s: float,
+    exit_s: float,
+) -> None:
+    """A worker that takes the stream to its end (``n`` committed within ``within_s``),
+    then stops on SIGTERM with status 0 within ``exit_s``."""
+    worker = WorkerProcess(cfg, tmp_path, name=name).start()
+    try:
+        await _until_committed(cfg["kafka"]["bootstrap_servers"], topics, n, within_s)
+        worker.signal(signal.SIGTERM)
+        worker.wait_exit(exit_s, expect=0)
+    finally:
+        worker.stop()
+
+
 async def _in_flight(sim: SimulatorProcess, timeout_s: float = 10) -> None:
     """Wait until the simulator has requests in flight (the worker is mid-stream)."""
     await asyncio.to_thread(wait_until, lambda: sim.stats().inflight > 0, timeout_s, "in flight")
@@ -148,13 +169,7 @@ async def test_kill_9_ten_times_over_20000_documents(
             assert done < n, "the kill landed after the stream ended"
         finally:
             worker.stop()
-    final = WorkerProcess(cfg, tmp_path, name=f"{mode}-final").start()
-    try:
-        await _until_committed(txn_bootstrap, topics, n, 120)
-        final.signal(signal.SIGTERM)
-        final.wait_exit(20, expect=0)
-    finally:
-        final.stop()
+    await _finish(cfg, tmp_path, f"{mode}-final", topics, n, within_s=120, exit_s=20)
     duplicates = _check(await _read_all(txn_bootstrap, topics, n), n, mode)
     if mode == "at_least_once":
         # What exactly-once removes: records published but not committed at a kill.
@@ -209,13 +224,7 @@ async def test_sigterm_mid_stream_loses_and_duplicates_nothing(
     finally:
         first.stop()
     assert await _committed(txn_bootstrap, topics) < n, "the signal landed after the stream"
-    second = WorkerProcess(cfg, tmp_path, name=f"{mode}-second").start()
-    try:
-        await _until_committed(txn_bootstrap, topics, n, 60)
-        second.signal(signal.SIGTERM)
-        second.wait_exit(shutdown_s + 10, expect=0)
-    finally:
-        second.stop()
+    await _finish(cfg, tmp_path, f"{mode}-second", topics, n, within_s=60, exit_s=shutdown_s + 10)
     reader = await _read_all(txn_bootstrap, topics, n)
     assert set(reader.copies) == {f"doc-{i}" for i in range(n)}
     assert all(c == 1 for c in reader.copies.values()), "a graceful stop duplicated records"

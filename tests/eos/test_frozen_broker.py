@@ -21,7 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_eos_worker import _check, _committed, _config, _in_flight, _read_all, _until_committed
+from test_eos_worker import (
+    _check,
+    _committed,
+    _config,
+    _finish,
+    _in_flight,
+    _read_all,
+    _until_committed,
+)
 
 from streamsynth.kafka.exactly_once import UNRESOLVED_EXIT_CODE
 from streamsynth.local.llm_simulator import SimulatorProcess
@@ -98,11 +106,5 @@ async def test_a_broker_frozen_mid_stream_leaves_one_transaction_unresolved_and_
     finally:
         first.stop()
     assert await _committed(bootstrap, topics) < n, "the freeze landed after the stream"
-    second = WorkerProcess(cfg, tmp_path, name="after-the-thaw").start()
-    try:
-        await _until_committed(bootstrap, topics, n, 120)
-        second.signal(signal.SIGTERM)
-        second.wait_exit(30, expect=0)
-    finally:
-        second.stop()
+    await _finish(cfg, tmp_path, "after-the-thaw", topics, n, within_s=120, exit_s=30)
     _check(await _read_all(bootstrap, topics, n), n, "exactly_once")
