@@ -179,11 +179,7 @@ async def record_path_us(settings: Settings, n: int = 20_000, reps: int = 3) -> 
     routing, accounting), on ``n`` records built as the topic's; nothing is published.
     """
     spec = StageSpec("summary", null_stage(), settings.stages[0].output_topic)
-    router = Router(
-        dlq_topic=settings.kafka.dlq_topic,
-        filtered_topic=settings.kafka.filtered_topic,
-        id_field=settings.record.id_field,
-    )
+    router = Router.from_settings(settings)
     runner = await StageRunner.start(settings, [spec], router, Metrics(), HealthState())
     topic = settings.kafka.input_topic
     msgs = []

@@ -40,6 +40,7 @@ from streamsynth.kafka.sink import OutMessage
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
 
+    from streamsynth.config import Settings
     from streamsynth.engine.graph import StageRun
     from streamsynth.engine.stage import RecordOutcome
 
@@ -118,6 +119,15 @@ class Router:
         self.dlq_topic = dlq_topic
         self.filtered_topic = filtered_topic
         self.id_field = id_field
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Router:
+        """The router of a worker configured by ``settings``."""
+        return cls(
+            dlq_topic=settings.kafka.dlq_topic,
+            filtered_topic=settings.kafka.filtered_topic,
+            id_field=settings.record.id_field,
+        )
 
     def dead_letter(self, msg: ConsumerRecord[bytes, bytes], failure: Failure) -> Publication:
         """The record's original key and value on the DLQ, with the failure in headers."""

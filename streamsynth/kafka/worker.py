@@ -98,11 +98,7 @@ class Worker:
         self.client = client
         self._given_stages = list(stages) if stages is not None else None
         self.window = InflightWindow(settings.worker.max_inflight_records)
-        self.router = Router(
-            dlq_topic=settings.kafka.dlq_topic,
-            filtered_topic=settings.kafka.filtered_topic,
-            id_field=settings.record.id_field,
-        )
+        self.router = Router.from_settings(settings)
         self._run: _Running | None = None
         self._stopping = False
         self._stop_event = asyncio.Event()
