@@ -11,8 +11,9 @@ handed to the producer when full or after ``linger_ms``: per-message
 ``producer.send()`` costs about ten times more CPU than appending to a batch,
 and the worker's throughput is bound by that CPU. Keys are partitioned as Kafka's
 default partitioner does (murmur2), so outputs land where any producer would put them;
-the partition is computed once, here (:func:`murmur2`, a faster equal of aiokafka's),
-and handed to the producer with the batch, so nothing hashes the key again.
+the partition is computed once, here (:mod:`~streamsynth.kafka.partitioner`, a faster
+equal of aiokafka's), and handed to the producer with the batch, so nothing hashes the
+key again.
 
 A delivery that fails with a transient error is re-sent, message by message, with
 backoff until it is acknowledged or the sink is closed: a record whose output was
@@ -32,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +48,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from streamsynth.config import Settings
 from streamsynth.errors import StreamsynthError
 from streamsynth.kafka.connection import KafkaConnection
+from streamsynth.kafka.partitioner import key_partition
 from streamsynth.kafka.repeats import RepeatedWarning
 
 log = logging.getLogger("streamsynth.kafka.sink")
@@ -104,41 +105,6 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
     return KafkaConnection.from_settings(settings.kafka).producer_kwargs(
         **producer_options(settings)
     )
-
-
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-_WORDS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of ``data`` (``Utils.murmur2``), equal to aiokafka's ``murmur2``.
-
-    aiokafka's reads the key byte by byte in Python; this unpacks the 4-byte
-    little-endian words at once, which halves the cost of partitioning an output.
-    """
-    length = len(data)
-    h = 0x9747B28C ^ length
-    count = length >> 2
-    if count:
-        unpack = _WORDS.get(count)
-        if unpack is None:
-            unpack = _WORDS[count] = struct.Struct(f"<{count}I").unpack_from
-        for k in unpack(data):
-            k = (k * _M) & _MASK
-            k ^= k >> 24
-            h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
-    tail = length & 3
-    if tail:
-        base = length - tail
-        if tail == 3:
-            h ^= data[base + 2] << 16
-        if tail >= 2:
-            h ^= data[base + 1] << 8
-        h = ((h ^ data[base]) * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    return h ^ (h >> 15)
 
 
 class _OpenBatch:
@@ -221,8 +187,7 @@ class Sink:
             cluster = self.producer.client.cluster
             available = list(cluster.available_partitions_for_topic(topic) or [])
             return int(self._partitioner(None, partitions, available))
-        # As DefaultPartitioner: the positive part of the hash picks from the sorted list.
-        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        return key_partition(key, partitions)
 
     def _new_batch(self, topic: str, partition: int) -> _OpenBatch:
         batch = _OpenBatch(self.producer.create_batch(), topic, partition)

@@ -80,6 +80,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from streamsynth.config import Settings
 from streamsynth.errors import ConfigError, StreamsynthError
 from streamsynth.kafka.connection import KafkaConnection
+from streamsynth.kafka.partitioner import key_partition
 from streamsynth.kafka.sink import MAX_BATCH_BYTES, OutMessage
 
 log = logging.getLogger("streamsynth.kafka.transactions")
@@ -330,7 +331,7 @@ class PartitionTxn:
             partitions = self._partitions[msg.topic] = sorted(found)
         if msg.key is None:
             return int(_PARTITIONER(None, partitions, partitions))
-        return int(_PARTITIONER(msg.key, partitions, partitions))
+        return key_partition(msg.key, partitions)
 
     def _fence(self, exc: BaseException) -> None:
         self.fenced = True

@@ -11,7 +11,8 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from kafka_helpers import TopicReader, Topics
 
 from streamsynth.config import settings_from_dict
-from streamsynth.kafka.sink import OutMessage, Sink, murmur2
+from streamsynth.kafka.partitioner import key_partition, murmur2
+from streamsynth.kafka.sink import OutMessage, Sink
 
 #: Kafka's own vectors (clients' UtilsTest.testMurmur2), as signed 32-bit Java ints.
 KAFKA_VECTORS = {
@@ -37,6 +38,15 @@ def test_murmur2_equals_aiokafkas_for_every_length_and_tail() -> None:
         for _ in range(50):
             key = os.urandom(length)
             assert murmur2(key) == aiokafka_murmur2(key), key
+
+
+def test_key_partition_picks_as_the_default_partitioner() -> None:
+    default = DefaultPartitioner()
+    for count in (1, 2, 3, 5, 12):
+        partitions = list(range(count))
+        for _ in range(200):
+            key = os.urandom(16)
+            assert key_partition(key, partitions) == default(key, partitions, partitions)
 
 
 @pytest.mark.integration
