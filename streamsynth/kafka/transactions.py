@@ -335,6 +335,12 @@ class PartitionTxn:
 
     def _fence(self, exc: BaseException) -> None:
         self.fenced = True
+        txn = self.producer._txn_manager
+        if txn is not None:
+            # aiokafka sets the fatal error on its transaction waiter too, which nothing
+            # awaits once the producer is given up: unread, asyncio logs it at ERROR with
+            # a traceback when it is collected, beside the line below that says it all.
+            txn.wait_for_transaction_end().add_done_callback(_read_outcome)
         dropped = len(self.held)
         self.held.clear()
         self.held_bytes = 0
@@ -387,6 +393,12 @@ class PartitionTxn:
 
 
 _PARTITIONER = DefaultPartitioner()
+
+
+def _read_outcome(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's failure as seen (the caller reports it another way)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class TransactionalSink:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import ProducerFenced
 from aiokafka.producer.transaction_manager import TransactionManager
 
 from streamsynth.config import Settings, settings_from_dict
@@ -23,8 +24,11 @@ from streamsynth.kafka.exactly_once import (
     round_budget_s,
 )
 from streamsynth.kafka.inflight import Job
+from streamsynth.kafka.partitioner import key_partition
 from streamsynth.kafka.shutdown import INCOMPLETE_EXIT_CODE, MIN_STEP_S, Shutdown
+from streamsynth.kafka.sink import OutMessage
 from streamsynth.kafka.transactions import (
+    PartitionFencedError,
     PartitionTxn,
     TransactionalSink,
     TransactionTimedOutError,
@@ -84,6 +88,34 @@ class _Producer:
         await self._round_trip("stop")
 
 
+class _Builder:
+    def append(self, **message: Any) -> object:
+        return message  # truthy: the batch has room
+
+    def close(self) -> None:
+        pass
+
+
+class _BatchProducer(_Producer):
+    """Takes batches too: each ``send_batch`` answers with a future the test resolves."""
+
+    PARTITIONS = (0, 1, 2)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[asyncio.Future[Any]] = []
+
+    def create_batch(self) -> _Builder:
+        return _Builder()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(self.PARTITIONS)
+
+    async def send_batch(self, builder: _Builder, topic: str, *, partition: int) -> Any:
+        self.sent.append(asyncio.get_running_loop().create_future())
+        return self.sent[-1]
+
+
 def _part(*hang: str) -> tuple[PartitionTxn, _Producer]:
     producer = _Producer(*hang)
     return PartitionTxn(TP, "in.0", producer), producer
@@ -122,6 +154,44 @@ async def test_a_transaction_that_completes_leaves_the_partition_resolved() -> N
     assert await part.commit(10, "group") == 0  # nothing held: an offset-only transaction
     assert not part.unresolved and part.committed == 10
     assert producer.calls == ["begin", "offsets", "commit"]
+
+
+def _keys_on_every_partition() -> list[bytes]:
+    keys: dict[int, bytes] = {}
+    for i in range(1000):
+        key = f"k{i}".encode()
+        keys.setdefault(key_partition(key, _BatchProducer.PARTITIONS), key)
+    assert len(keys) == len(_BatchProducer.PARTITIONS)
+    return list(keys.values())
+
+
+async def test_a_fenced_transaction_leaves_no_failure_unread() -> None:
+    # As aiokafka's sender on a fence: the transaction manager's fatal error (which sets
+    # its transaction waiter), then every batch fails with the same error. Nothing awaits
+    # that waiter once the producer is given up; unread, asyncio logged it at ERROR with a
+    # traceback whenever it was collected (asyncio logs a future at collection exactly
+    # when its ``_log_traceback`` flag is still set).
+    producer = _BatchProducer()
+    part = PartitionTxn(TP, "in.0", producer)  # type: ignore[arg-type]
+    part.hold(3, [OutMessage("out", b"v", key) for key in _keys_on_every_partition()])
+    commit = asyncio.create_task(part.commit(10, "group"))
+    for _ in range(10_000):  # the batches are sent without a wait: a few loop turns
+        if len(producer.sent) == 3 or commit.done():
+            break
+        await asyncio.sleep(0)
+    assert len(producer.sent) == 3
+    fenced = ProducerFenced()
+    producer._txn_manager.fatal_error(fenced)
+    waiter = producer._txn_manager.wait_for_transaction_end()
+    assert waiter.done() and waiter._log_traceback  # unread so far
+    for fut in producer.sent:
+        fut.set_exception(fenced)
+    with pytest.raises(PartitionFencedError):
+        await commit
+    assert part.fenced
+    await asyncio.sleep(0)  # done callbacks run on the next loop turn
+    assert not waiter._log_traceback
+    assert not any(f._log_traceback for f in producer.sent)  # gather read the batches
 
 
 async def test_close_gives_up_on_a_producer_that_does_not_stop() -> None:
