@@ -111,6 +111,9 @@ class Worker:
         #: in transactions, without it).
         self.skips_finished = settings.kafka.processing_guarantee == "at_least_once"
         self._stop: Shutdown | None = None  # the shutdown in progress: its deadline
+        #: The loop of :meth:`run`, looked up once: on 3.11 ``get_running_loop`` makes a
+        #: getpid system call, once per record in :meth:`_start_job`.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- public API -------------------------------------------------------------------
     @property
@@ -131,6 +134,7 @@ class Worker:
 
     async def run(self) -> None:
         """Consume until :meth:`request_stop`, then shut down gracefully."""
+        self._loop = asyncio.get_running_loop()
         try:
             await self._start()
         except BaseException:
@@ -240,7 +244,7 @@ class Worker:
         (Stepping the coroutine by hand on 3.11 is not safe: ``asyncio.timeout`` in the
         LLM client would bind to the consume loop's task and cancel it.)
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         if _EAGER:
             task = asyncio.Task(self._run_job(job), loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
             if not task.done():  # done already: _run_job has let go of it (see there)
