@@ -99,8 +99,8 @@ def imports(source: str, name: str, *, is_package: bool = False) -> Iterator[Imp
             arg = node.args[0] if node.args else None
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 yield Import(arg.value, node.lineno, guarded)
-        for child in ast.iter_child_nodes(node):
-            yield from walk(child, guarded)
+        for sub in ast.iter_child_nodes(node):
+            yield from walk(sub, guarded)
 
     yield from walk(parse(source), False)
 

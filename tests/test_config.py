@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from streamsynth.config import EXAMPLE_CONFIG, ConfigError, load_settings, setti
 from streamsynth.llm.types import GenerationConfig
 
 
-def example() -> dict:
+def example() -> dict[str, Any]:
     data = yaml.safe_load(EXAMPLE_CONFIG)
     assert isinstance(data, dict)
     return data

@@ -76,10 +76,10 @@ def _llm(**values: Any) -> Mutation:
 
 def _same_topic(a: tuple[str, ...], b: tuple[str, ...]) -> Mutation:
     def mutate(c: dict[str, Any]) -> None:
-        node = c
+        node: Any = c  # dicts and lists along the path
         for key in a[:-1]:
             node = node[key] if not key.isdigit() else node[int(key)]
-        target = c
+        target: Any = c
         for key in b[:-1]:
             target = target[key] if not key.isdigit() else target[int(key)]
         target[b[-1]] = node[a[-1]]

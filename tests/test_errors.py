@@ -50,6 +50,7 @@ def test_every_error_is_a_streamsynth_error_with_a_label(cls: type[BaseException
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_every_error_is_drawn_in_the_tree(cls: type[BaseException]) -> None:
+    assert issubclass(cls, StreamsynthError)
     tree = streamsynth.errors.__doc__ or ""
     line = next((ln for ln in tree.splitlines() if f" {cls.__name__} " in f"{ln} "), None)
     assert line is not None, f"{cls.__name__} is missing from the tree in streamsynth/errors.py"

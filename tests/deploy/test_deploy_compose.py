@@ -25,7 +25,7 @@ compose_pkg = importlib.import_module("compose")
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
-BINARY = Path(compose_pkg.__file__).parent / "docker-compose"
+BINARY = Path(str(compose_pkg.__file__)).parent / "docker-compose"
 STREAMSYNTH_COMMANDS = {"run", "llm-sim"}
 
 

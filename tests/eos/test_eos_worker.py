@@ -126,7 +126,7 @@ def _check(reader: CommittedReader, n: int, mode: str) -> int:
     """No document lost; exactly_once: none twice. Returns the duplicate count."""
     copies = reader.copies
     assert set(copies) == {f"doc-{i}" for i in range(n)}, "documents lost"
-    duplicates = sum(c - 1 for c in copies.values())
+    duplicates: int = sum(c - 1 for c in copies.values())
     if mode == "exactly_once":
         assert duplicates == 0, f"{duplicates} duplicates"
     return duplicates

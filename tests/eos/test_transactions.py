@@ -51,7 +51,9 @@ def _settings(bootstrap: str, group: str, **kafka: Any) -> Settings:
     )
 
 
-async def _read_committed(bootstrap: str, topic: str, expect: int, timeout_s: float = 10) -> list:
+async def _read_committed(
+    bootstrap: str, topic: str, expect: int, timeout_s: float = 10
+) -> list[Any]:
     """Every committed value of ``topic`` (read_committed), polled until ``expect`` or timeout."""
     consumer = KafkaConnection(bootstrap_servers=bootstrap).consumer(
         isolation_level="read_committed", enable_auto_commit=False, auto_offset_reset="earliest"

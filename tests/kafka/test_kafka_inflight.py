@@ -85,7 +85,7 @@ async def test_release_drains_then_closes_and_cancels_the_rest() -> None:
     assert not await drained([part], 0.05)  # the stuck record holds the drain
 
     assert window.close([part]) == 1
-    assert part.status is PartitionStatus.CLOSED and stuck.finished
+    assert part.closed and stuck.finished
     await asyncio.sleep(0)
     assert stuck.task.cancelled()
     assert TP0 not in window.parts and window.count == 0

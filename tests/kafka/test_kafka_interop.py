@@ -41,7 +41,7 @@ def _consume(bootstrap: str, topics: list[str], want: int, timeout_s: float) -> 
         }
     )
     consumer.subscribe(topics)
-    got = []
+    got: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
         while len(got) < want and time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 from hypothesis import given, settings
@@ -60,15 +61,19 @@ def test_commit_is_first_unfinished_and_monotonic_in_any_order(
 
 
 @given(offsets=offsets_strategy, order=st.randoms(use_true_random=False))
-def test_all_finished_in_random_order_reaches_the_end(offsets: list[int], order: object) -> None:
+def test_all_finished_in_random_order_reaches_the_end(
+    offsets: list[int], order: random.Random
+) -> None:
     tracker = OffsetTracker()
     for o in offsets:
         tracker.add(o)
     shuffled = list(offsets)
-    order.shuffle(shuffled)  # type: ignore[attr-defined]
+    order.shuffle(shuffled)
     for o in shuffled[:-1]:
         tracker.done(o)
-        assert tracker.committable() <= shuffled[-1]  # the last unfinished holds it back
+        committable = tracker.committable()
+        # The last unfinished holds it back.
+        assert committable is not None and committable <= shuffled[-1]
     tracker.done(shuffled[-1])
     assert tracker.committable() == offsets[-1] + 1
 

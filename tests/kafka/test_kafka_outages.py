@@ -209,7 +209,7 @@ async def _wait_all_but_stuck_committed(bootstrap: str, topics: Topics, n: int) 
 
 
 def _stuck_config(bootstrap: str, topics: Topics, url: str, **more: object) -> dict[str, object]:
-    return worker_config(
+    cfg: dict[str, object] = worker_config(
         bootstrap,
         topics,
         url,
@@ -220,6 +220,7 @@ def _stuck_config(bootstrap: str, topics: Topics, url: str, **more: object) -> d
         worker__drain_timeout_s=2,
         **more,
     )
+    return cfg
 
 
 def _skipped(*workers: WorkerProcess) -> dict[str, int]:

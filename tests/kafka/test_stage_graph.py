@@ -361,7 +361,7 @@ async def test_engine_pipeline_gives_the_workers_rows_for_the_same_graph(
 ) -> None:
     topics = Topics.make(["distill", "qa", "wiki"], filtered=True)
     await topics.create(kafka_bootstrap)
-    stages = [
+    stages: list[dict[str, Any]] = [
         {"task": "distill", "name": "distill", "output_topic": topics.outputs["distill"],
          "when": {"bucketed_results": {"gt": 11}}},
         {"task": "diverse_qa", "name": "qa", "output_topic": topics.outputs["qa"],
@@ -370,7 +370,7 @@ async def test_engine_pipeline_gives_the_workers_rows_for_the_same_graph(
          "when": {"bucketed_results": {"lte": 11}}},
     ]  # fmt: skip
     n = 40
-    records = [
+    records: list[dict[str, Any]] = [
         {"id": f"doc-{i}", "text": "\n".join([TEXT.format(i=i)] * 3), "bucketed_results": i % 21}
         for i in range(n)
     ]

@@ -227,7 +227,7 @@ async def test_thousands_queued_share_one_timer_and_a_timeout_storm_leaves_no_de
         timers += 1
         return real_call_at(when, callback, *args)
 
-    loop.call_at = counting_call_at  # type: ignore[method-assign]
+    loop.call_at = counting_call_at  # type: ignore[method-assign,assignment]
     try:
         doomed = [asyncio.ensure_future(lim.acquire(timeout_s=0.05)) for _ in range(2_000)]
         kept = [asyncio.ensure_future(lim.acquire(priority=1, timeout_s=60)) for _ in range(3)]

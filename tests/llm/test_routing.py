@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -102,7 +103,7 @@ def test_a_lone_hot_key_fills_every_replica_in_its_ranking_order() -> None:
     clock = Clock()
     pool = _pool(4, clock, limit=2)
     key = KEYS[0]
-    taken = []
+    taken: list[Any] = []
     # 7 of the fleet's 8 slots: the last may stay home (its share: 1.25 x the mean load).
     for _ in range(7):
         ep = pool.choose(key=key)

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -253,7 +253,7 @@ class CannedClient:
 
 
 def make_stage(task: str, tokenizer: HFTokenizer, fixes: frozenset[Fix]) -> NemotronCCStage:
-    mode = "fixes" if fixes == ALL_FIXES else "exact"
+    mode: Literal["exact", "fixes"] = "fixes" if fixes == ALL_FIXES else "exact"
     stage = build_task_stage(
         task, client=CannedClient.__new__(CannedClient), model_name="m", tokenizer=tokenizer,
         curator_compat=mode,

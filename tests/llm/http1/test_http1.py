@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import orjson
 import pytest
@@ -30,7 +31,8 @@ from streamsynth.llm import (
 )
 from streamsynth.llm.transports import http1
 
-Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
+Reader: TypeAlias = asyncio.StreamReader
+Writer: TypeAlias = asyncio.StreamWriter
 #: Reply(reader, writer, request_number) -> None: writes one answer (or misbehaves).
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 

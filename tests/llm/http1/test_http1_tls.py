@@ -35,7 +35,8 @@ async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[RawServer, Path]]:
 
 
 def https_url(raw: RawServer) -> str:
-    return raw.url.replace("http://", "https://", 1)
+    url: str = raw.url.replace("http://", "https://", 1)
+    return url
 
 
 async def test_requests_over_tls_share_one_verified_connection(

@@ -67,7 +67,7 @@ from transformers import PreTrainedTokenizerFast  # noqa: E402
 logger.remove()  # Curator logs every emptied batch
 
 
-class CannedClient(LLMClient):
+class CannedClient(LLMClient):  # type: ignore[misc]
     """Answers each user prompt with the text the test gave for that segment."""
 
     def __init__(self) -> None:
