@@ -221,6 +221,7 @@ async def arun_worker(
     (during start-up imports): the worker then exits 0 without joining the group.
     A :class:`~streamsynth.config.ConfigError` found while starting propagates.
     """
+    import asyncio
     import logging
 
     from aiokafka.errors import KafkaError
@@ -233,6 +234,7 @@ async def arun_worker(
     health = HealthState()
     worker = _worker_class(settings)(settings, metrics=metrics, health=health)
     _install_loop_handlers(worker.request_stop)
+    quiet_unread_kafka_futures(asyncio.get_running_loop())
     if stop_requested is not None and stop_requested():
         log.info("stop requested during start-up: exiting")
         return EXIT_OK
@@ -260,6 +262,46 @@ async def arun_worker(
         if server is not None:
             await server.stop()
     return worker.exit_code or EXIT_OK  # exactly_once: 3 when fenced
+
+
+#: What asyncio says of a failed future nobody read, when it is collected.
+UNREAD_FUTURE = "Future exception was never retrieved"
+
+
+def quiet_unread_kafka_futures(loop: asyncio.AbstractEventLoop) -> None:
+    """Log aiokafka's unread failed futures at DEBUG, not asyncio's ERROR with a traceback.
+
+    When a batch fails (a fenced producer, a broker outage past the delivery timeout),
+    aiokafka fails each batch's drain waiter too, which nothing reads (0.14's
+    ``MessageBatch.failure``): asyncio then logs one ERROR traceback per batch as they
+    are collected, beside our own lines that report the failure (the fence, the retry
+    warnings). Only plain futures holding a ``KafkaError`` are quieted: an unread task,
+    or any other error, still goes to the loop's handler as before.
+    """
+    import asyncio
+    import logging
+
+    from aiokafka.errors import KafkaError
+
+    log = logging.getLogger(LOGGER)
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        future = context.get("future")
+        error = context.get("exception")
+        if (
+            context.get("message") == UNREAD_FUTURE
+            and isinstance(error, KafkaError)
+            and not isinstance(future, asyncio.Task)
+        ):
+            log.debug("an unread failed Kafka future", extra={"error": type(error).__name__})
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _worker_class(settings: Settings) -> type[Worker]:
