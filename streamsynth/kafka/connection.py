@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
 
 from streamsynth.checks import check_bootstrap_servers, check_sasl
+from streamsynth.kafka.compat import guard_closed_writes
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -114,18 +115,21 @@ class KafkaConnection(BaseModel):
         """What :meth:`admin` passes."""
         return {**self.client_kwargs(), **options}
 
-    # -- clients (not started) ------------------------------------------------------------
+    # -- clients (not started; each built with compat's guard on aiokafka's writes) -------
     def consumer(self, *topics: str, **options: Any) -> AIOKafkaConsumer:
         from aiokafka import AIOKafkaConsumer
 
+        guard_closed_writes()
         return AIOKafkaConsumer(*topics, **self.consumer_kwargs(**options))
 
     def producer(self, **options: Any) -> AIOKafkaProducer:
         from aiokafka import AIOKafkaProducer
 
+        guard_closed_writes()
         return AIOKafkaProducer(**self.producer_kwargs(**options))
 
     def admin(self, **options: Any) -> AIOKafkaAdminClient:
         from aiokafka.admin import AIOKafkaAdminClient
 
+        guard_closed_writes()
         return AIOKafkaAdminClient(**self.admin_kwargs(**options))
