@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument(
         "--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto",
-        help="the loop to run on (default: auto, uvloop where installed; the worker's own "
-        "default, worker.event_loop, is asyncio)",
+        help="the loop to run on (default: auto, uvloop where installed, as the worker's "
+        "worker.event_loop defaults to)",
     )  # fmt: skip
     parser.add_argument("--profile", default=None, help="write cProfile stats to this file")
     parser.add_argument("--out", default="bench-results/engine.json")

@@ -483,11 +483,11 @@ class WorkerSettings(_Section):
     commit_interval_s: float = Field(default=1.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     shutdown_timeout_s: float = Field(default=60.0, ge=0)
-    #: asyncio (default) or uvloop (a fraction of asyncio's CPU per request; auto: uvloop
-    #: where installed). Not the default: in a broker outage aiokafka writes to a closed
-    #: connection, which asyncio ignores and uvloop raises on (RuntimeError), and that
-    #: broke an orderly shutdown in the outage test.
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "asyncio"
+    #: auto (default): uvloop where installed (a dependency everywhere but Windows), a
+    #: fraction of asyncio's CPU per request; else asyncio. uvloop raises where asyncio
+    #: drops a write to a closed connection: kafka/compat.py turns that into the
+    #: connection error aiokafka's callers expect.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class MetricsSettings(_Section):
