@@ -244,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if "--child" in sys.argv:
-        cfg = sys.argv[sys.argv.index("--config") + 1]
-        raise SystemExit(asyncio.run(_child(Path(cfg))))
+        from streamsynth.config import load_settings
+        from streamsynth.engine.loop import run as run_loop
+
+        cfg = Path(sys.argv[sys.argv.index("--config") + 1])
+        # On the loop `streamsynth run` would take for this config (worker.event_loop).
+        kind = load_settings(cfg).worker.event_loop
+        raise SystemExit(run_loop(_child(cfg), kind=kind))
     c.run_main(main)
