@@ -5,9 +5,9 @@ from ``writer.write`` into ``KafkaConnectionError`` after closing the connection
 error every caller of aiokafka expects when a broker goes away. The window it guards
 against is the one between the peer closing the socket and aiokafka's read task
 noticing. asyncio's transport drops a write in that window silently; uvloop's raises
-``RuntimeError`` ("the handler is closed"), which none of aiokafka's callers handle:
-in a broker outage it escaped the sender and the fetcher and broke an orderly
-shutdown. :func:`guard_closed_writes` makes both loops behave the same: such a
+``RuntimeError`` ("the handler is closed"), which none of aiokafka's callers handle
+(they catch ``KafkaError``): in a broker outage it once broke an orderly shutdown in
+our outage test. :func:`guard_closed_writes` makes both loops behave the same: such a
 ``RuntimeError`` closes the connection and becomes ``KafkaConnectionError``, as an
 ``OSError`` there would. Any other ``RuntimeError`` is raised as it was.
 
