@@ -1,4 +1,4 @@
-"""Kafka's default partition of a keyed message: murmur2 of the key, as every client computes it.
+"""Kafka's default partition of a message: murmur2 of the key, as every client computes it.
 
 Both sinks, the at-least-once one (:mod:`~streamsynth.kafka.sink`) and the transactional
 one (:mod:`~streamsynth.kafka.transactions`), partition each output here, once, and hand
@@ -7,6 +7,7 @@ the partition to the producer with its batch, so the producer never hashes the k
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Callable, Sequence
 
@@ -49,3 +50,9 @@ def key_partition(key: bytes, partitions: Sequence[int]) -> int:
     """The partition of ``key`` among the topic's ``partitions`` (sorted), as Kafka's
     DefaultPartitioner picks it: the hash's positive part, modulo the count."""
     return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
+def keyless_partition(partitions: Sequence[int], available: Sequence[int]) -> int:
+    """The partition of a message without a key, as DefaultPartitioner picks it: one at
+    random among the ``available`` partitions (among all when none is known available)."""
+    return random.choice(available or partitions)

@@ -43,12 +43,11 @@ from aiokafka.errors import (
     ProducerClosed,
     RecordTooLargeError,
 )
-from aiokafka.partitioner import DefaultPartitioner
 
 from streamsynth.config import Settings
 from streamsynth.errors import StreamsynthError
 from streamsynth.kafka.connection import KafkaConnection
-from streamsynth.kafka.partitioner import key_partition
+from streamsynth.kafka.partitioner import key_partition, keyless_partition
 from streamsynth.kafka.repeats import RepeatedWarning
 
 log = logging.getLogger("streamsynth.kafka.sink")
@@ -138,7 +137,6 @@ class Sink:
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._open: dict[tuple[str, int], _OpenBatch] = {}
-        self._partitioner = DefaultPartitioner()
         #: topic -> its partitions, sorted; dropped with each flushed batch of the topic,
         #: so a metadata change (more partitions) is seen within one linger interval.
         self._partitions: dict[str, list[int]] = {}
@@ -184,9 +182,8 @@ class Sink:
                 return None
             partitions = self._partitions[topic] = sorted(known)
         if key is None:
-            cluster = self.producer.client.cluster
-            available = list(cluster.available_partitions_for_topic(topic) or [])
-            return int(self._partitioner(None, partitions, available))
+            available = self.producer.client.cluster.available_partitions_for_topic(topic)
+            return keyless_partition(partitions, list(available or []))
         return key_partition(key, partitions)
 
     def _new_batch(self, topic: str, partition: int) -> _OpenBatch:

@@ -75,12 +75,11 @@ from aiokafka.errors import (
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
 )
-from aiokafka.partitioner import DefaultPartitioner
 
 from streamsynth.config import Settings
 from streamsynth.errors import ConfigError, StreamsynthError
 from streamsynth.kafka.connection import KafkaConnection
-from streamsynth.kafka.partitioner import key_partition
+from streamsynth.kafka.partitioner import key_partition, keyless_partition
 from streamsynth.kafka.sink import MAX_BATCH_BYTES, OutMessage
 
 log = logging.getLogger("streamsynth.kafka.transactions")
@@ -330,7 +329,7 @@ class PartitionTxn:
             found = await self.producer.partitions_for(msg.topic)
             partitions = self._partitions[msg.topic] = sorted(found)
         if msg.key is None:
-            return int(_PARTITIONER(None, partitions, partitions))
+            return keyless_partition(partitions, partitions)
         return key_partition(msg.key, partitions)
 
     def _fence(self, exc: BaseException) -> None:
@@ -390,9 +389,6 @@ class PartitionTxn:
                     await self.producer.abort_transaction()
             with contextlib.suppress(Exception):
                 await self.producer.stop()
-
-
-_PARTITIONER = DefaultPartitioner()
 
 
 def _read_outcome(fut: asyncio.Future[Any]) -> None:

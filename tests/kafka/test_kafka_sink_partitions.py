@@ -11,7 +11,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from kafka_helpers import TopicReader, Topics
 
 from streamsynth.config import settings_from_dict
-from streamsynth.kafka.partitioner import key_partition, murmur2
+from streamsynth.kafka.partitioner import key_partition, keyless_partition, murmur2
 from streamsynth.kafka.sink import OutMessage, Sink
 
 #: Kafka's own vectors (clients' UtilsTest.testMurmur2), as signed 32-bit Java ints.
@@ -47,6 +47,13 @@ def test_key_partition_picks_as_the_default_partitioner() -> None:
         for _ in range(200):
             key = os.urandom(16)
             assert key_partition(key, partitions) == default(key, partitions, partitions)
+
+
+def test_a_keyless_message_goes_to_an_available_partition_else_to_any() -> None:
+    partitions = [0, 1, 2, 3, 4]
+    picked = {keyless_partition(partitions, [1, 3]) for _ in range(200)}
+    assert picked == {1, 3}  # 200 draws of two: both are seen
+    assert {keyless_partition(partitions, []) for _ in range(500)} == set(partitions)
 
 
 @pytest.mark.integration
